@@ -1,0 +1,109 @@
+"""What every job shares: one-line user errors, where work goes, Ray and MLflow set-up.
+
+Jobs are thin: they parse a config, then wire crn/ and pipeline/ to Ray and MLflow. This
+module holds the few pieces of wiring that would otherwise be copied into each of them.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Ray and MLflow phone home by default; these machines (and many clusters) are offline.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for or gave us: printed as one line, exit code 2."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    # Imported lazily so that `jobs.common` stays importable while pipeline/ evolves.
+    types: list[type[BaseException]] = [UserError]
+    try:
+        from pipeline.schema import SchemaMismatch
+
+        types.append(SchemaMismatch)
+    except ImportError:
+        pass
+    try:
+        from pipeline.store import StoreError
+
+        types.append(StoreError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def entrypoint(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a job's `main(argv)` for the command line: user errors become one line on stderr.
+
+    Tests call the unwrapped `main` and see the exception; a person sees
+    `error: <message>` and a non-zero exit, never a stack trace for their own mistake.
+    """
+
+    @functools.wraps(main)
+    def run(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except _user_error_types() as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: re-run the same command to resume", file=sys.stderr)
+            return 130
+
+    return run
+
+
+def work_dir() -> Path:
+    """Where local outputs go by default: `$CRN_WORK_DIR`, else `<repo>/work` (absolute)."""
+    path = Path(os.environ.get("CRN_WORK_DIR", REPO_ROOT / "work")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set (a server on a cluster), else a SQLite file in the work dir.
+
+    The path is absolute because Ray workers run in their own working directories.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{work_dir() / 'mlflow.db'}"
+
+
+def setup_mlflow(experiment: str) -> str:
+    """Point MLflow at `tracking_uri()` and select (creating if needed) `experiment`."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to Ray: the cluster named by `RAY_ADDRESS` (or a `ray job submit` driver), else
+    a local instance.
+
+    Locally we give Ray more logical CPUs than the machine has cores: on 2 cores, training
+    workers that take every CPU starve the Ray Data tasks that feed them and the job hangs
+    (stack-notes.md). Logical CPUs are scheduling slots, not threads.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    if num_cpus is None:
+        num_cpus = max(4, 2 * (os.cpu_count() or 1))
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
