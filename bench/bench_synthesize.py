@@ -1,0 +1,176 @@
+"""Synthesis benchmark: the whole Ray Data job against the bare forward pass, same batches.
+
+    python -m bench.run_all bench_synthesize          # with the other benchmarks' table
+    python -m bench.bench_synthesize [--quick]        # this one alone
+
+In one run, over the same toy store (the val split of a few dozen Cityscapes-layout scenes
+stored at the model's top resolution) and the same seeded, untrained model:
+- the job: `jobs.synthesize` end to end as it measures itself (images/s from the first
+  batch requested to the last one back: actor start-up and model build, Parquet reads and
+  decoding, the forward passes, PNG encoding and atomic writes), one CPU actor with every
+  core as its torch threads; Ray is started beforehand, as it is on a cluster;
+- the baseline: in this process, the model's forward pass alone (one-hot + network) over
+  the same label maps in the same padded batches on the same number of torch threads; the
+  faster of a pass before and one after the job.
+The goal: the job keeps 90% of the bare forward pass's images/s (`synth_vs_forward`).
+Full: crn-mid (top 128x256, K=4), 48 samples; quick: crn-small (top 64x128), 16 samples.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FULL = {"preset": "crn-mid", "samples": 48, "batch_size": 8}
+QUICK = {"preset": "crn-small", "samples": 16, "batch_size": 8}
+
+
+def make_store(scratch: Path, samples: int, resolution: tuple[int, int]) -> Path:
+    from jobs.preprocess import main as preprocess
+    from pipeline.toy import generate_toy_dataset
+
+    generate_toy_dataset(scratch / "source", num_train=0, num_val=samples, seed=0, size=resolution)
+    argv = ["--source", str(scratch / "source"), "--out", str(scratch / "store"), "--splits", "val",
+            "--resolutions", f"{resolution[0]}x{resolution[1]}"]
+    with quiet():
+        code = preprocess(argv)
+    if code != 0:
+        raise RuntimeError(f"preprocess failed with exit code {code}")
+    return scratch / "store"
+
+
+def make_checkpoint(path: Path, preset: str) -> None:
+    from crn.checkpoint import make_checkpoint as assemble, save_checkpoint
+    from crn.model import CRN
+    from crn.presets import make_config
+    from pipeline.schema import load_schema
+
+    torch.manual_seed(0)
+    schema = load_schema("cityscapes")
+    model = CRN(make_config(preset, schema.num_classes))
+    save_checkpoint(path, assemble(model, optimizer=None, step=0, epoch=0, loss_weights=[1.0] * 6,
+                                   label_schema=schema.to_dict()))
+
+
+def forward_images_per_s(checkpoint: Path, labels: np.ndarray, batch_size: int, threads: int) -> float:
+    """The bare forward pass over the job's batches (padded to `batch_size`, as the job does)."""
+    from crn.checkpoint import load_checkpoint, model_from_checkpoint
+    from crn.labels import one_hot
+
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    batches = []
+    for start in range(0, len(labels), batch_size):
+        chunk = labels[start:start + batch_size]
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
+        batches.append(torch.from_numpy(chunk).long())
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            for batch in batches:
+                model(one_hot(batch, model.config.num_classes))
+            seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(saved)
+    return len(labels) * model.config.num_outputs / seconds
+
+
+@contextlib.contextmanager
+def quiet():
+    """Keep the benchmark table readable: the jobs' own output goes nowhere."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = io.StringIO()
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+@contextlib.contextmanager
+def scratch_mlflow(scratch: Path):
+    """A throwaway MLflow store (and artifact folder) for the job's run."""
+    import mlflow
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.create_experiment("bench-synthesize", artifact_location=str(scratch / "mlruns"))
+    try:
+        yield "bench-synthesize"
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def run(quick: bool = False) -> list[dict]:
+    from crn.presets import make_config
+    from jobs.common import init_ray
+    from jobs.synthesize import config_from_argv, run as synthesize
+    from pipeline.store import decode_labels, label_column, open_store
+
+    settings = QUICK if quick else FULL
+    preset, samples, batch_size = settings["preset"], settings["samples"], settings["batch_size"]
+    top = make_config(preset, 20).top_resolution
+    resolution = f"{top[0]}x{top[1]}"
+    threads = os.cpu_count() or 1
+    scratch = Path(tempfile.mkdtemp(prefix="bench_synthesize_"))
+    try:
+        init_ray()  # started before timing: on a cluster Ray is already up
+        store = make_store(scratch, samples, top)
+        checkpoint = scratch / "model.pt"
+        make_checkpoint(checkpoint, preset)
+        labels = decode_labels(open_store(store).read_table("val", resolution).column(label_column(resolution)), resolution)
+
+        before = forward_images_per_s(checkpoint, labels, batch_size, threads)
+        with scratch_mlflow(scratch) as experiment:
+            argv = ["--model", str(checkpoint), "--store", str(store), "--split", "val", "--output",
+                    str(scratch / "out"), "--batch-size", str(batch_size), "--num-actors", "1",
+                    "--threads-per-actor", str(threads), "--experiment", experiment]
+            start = time.perf_counter()
+            with quiet():
+                outcome = synthesize(config_from_argv(argv))
+            wall = time.perf_counter() - start
+        after = forward_images_per_s(checkpoint, labels, batch_size, threads)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    forward = max(before, after)
+    images = outcome.num_images
+    # After the first batch is back: the pipeline running, without Ray starting a worker
+    # process and importing torch into it.
+    steady = (images - outcome.first_batch_images) / (outcome.elapsed_s - outcome.first_batch_s)
+    busy = outcome.actor_seconds
+    print(f"bench_synthesize: job {outcome.elapsed_s:.1f} s (first batch back after {outcome.first_batch_s:.1f} s) "
+          f"= actor start-up {busy['startup_s']:.1f} s + forward "
+          f"{busy['forward_s']:.1f} s + PNG/write {busy['write_s']:.1f} s + the rest; bare forward "
+          f"{images / forward:.1f} s (before {images / before:.1f} s, after {images / after:.1f} s)", file=sys.stderr)
+    what = f"{preset} ({resolution}, K={images // samples}), {samples} label maps, batches of {batch_size}, {threads} threads"
+    return [
+        {"name": "synth_job_images_per_s", "value": outcome.images_per_s, "unit": "images/s", "goal": "n/a",
+         "compared": f"jobs.synthesize end to end (1 CPU actor), {what}"},
+        {"name": "synth_forward_images_per_s", "value": forward, "unit": "images/s", "goal": "n/a",
+         "compared": f"bare forward pass in one process, same batches, {what}"},
+        {"name": "synth_vs_forward", "value": outcome.images_per_s / forward, "unit": "x", "goal": ">= 0.9",
+         "compared": f"job images/s vs bare forward images/s, side by side, {what}"},
+        {"name": "synth_steady_vs_forward", "value": steady / forward, "unit": "x", "goal": "n/a",
+         "compared": f"job images/s after its first batch is back (no worker start-up) vs bare forward, {what}"},
+        {"name": "synth_job_wall_images_per_s", "value": images / wall, "unit": "images/s", "goal": "n/a",
+         "compared": f"the same job timed around run(): plus driver checks, MLflow, manifest and gallery, {what}"},
+    ]
+
+
+if __name__ == "__main__":
+    for figure in run(quick="--quick" in sys.argv[1:]):
+        print(f"{figure['name']:28s} {figure['value']:10.3f} {figure['unit']:9s} goal {figure['goal']:8s} "
+              f"{figure['compared']}")

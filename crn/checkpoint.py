@@ -1,0 +1,130 @@
+"""One self-describing checkpoint file per training state (docs/contracts.md, `crn.checkpoint`).
+
+The file is a dict of plain types and tensors, so `torch.load(path, weights_only=True)` reads
+it without running any pickled code, and it rebuilds the model with no other input:
+
+    {"format": "crn-checkpoint/1", "model_config": dict, "model": state_dict,
+     "optimizer": state_dict | None, "step": int, "epoch": int, "loss_weights": list[float],
+     "label_schema": dict, "rng": dict, "extra": dict}
+
+Writes are atomic (a temporary file in the same folder, then a rename), so a reader never
+sees half a checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crn.config import CRNConfig
+from crn.model import CRN
+
+FORMAT = "crn-checkpoint/1"
+REQUIRED_KEYS = (
+    "format", "model_config", "model", "optimizer", "step", "epoch",
+    "loss_weights", "label_schema", "rng", "extra",
+)
+
+
+def make_checkpoint(
+    model: CRN,
+    *,
+    optimizer: torch.optim.Optimizer | None,
+    step: int,
+    epoch: int,
+    loss_weights: tuple[float, ...] | list[float],
+    label_schema: dict,
+    rng: dict | None = None,
+    extra: dict | None = None,
+) -> dict[str, Any]:
+    """Assemble the checkpoint dict; `rng` defaults to this process's current RNG state."""
+    return {
+        "format": FORMAT,
+        "model_config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": int(step),
+        "epoch": int(epoch),
+        "loss_weights": [float(w) for w in loss_weights],
+        "label_schema": dict(label_schema),
+        "rng": capture_rng_state() if rng is None else rng,
+        "extra": dict(extra or {}),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
+    """Write `ckpt` to `path` atomically (temp file in the same folder, fsync, rename)."""
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing or ckpt.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} dict: missing {missing}, format {ckpt.get('format')!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with `torch.load(weights_only=True)`; one-line errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"checkpoint {path} cannot be read: {reason}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"checkpoint {path} is not a {FORMAT} file (format: {found!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> CRN:
+    """Rebuild the model the checkpoint describes, weights loaded, in eval mode."""
+    model = CRN(CRNConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """torch, numpy and Python RNG states as tensors and ints (weights_only-loadable)."""
+    version, mt_state, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+    }
+
+
+def restore_rng_state(rng: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state`."""
+    torch.set_rng_state(rng["torch"])
+    py = rng["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = rng["numpy"]
+    np.random.set_state(
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
+    )

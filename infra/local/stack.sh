@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The real services on one machine, all on 127.0.0.1: a Ray head (with the job server),
+# an MLflow tracking server (SQLite backend, artifacts proxied to S3), and an S3 endpoint
+# (moto's server mode, standing in for any S3-compatible store).
+#
+#   infra/local/stack.sh start     # start all three, write work/stack/env.sh
+#   source work/stack/env.sh       # point ray job submit, MLflow and S3 clients at them
+#   ray job submit --working-dir . -- python jobs/train.py --preset crn-tiny ...
+#   infra/local/stack.sh status
+#   infra/local/stack.sh stop
+#
+# Ports and folders can be changed through the environment (defaults below). Nothing
+# listens beyond 127.0.0.1.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+VENV_BIN="${VENV_BIN:-$ROOT/.venv/bin}"
+STATE="${STACK_DIR:-$ROOT/work/stack}"
+RAY_PORT="${RAY_PORT:-6390}"
+DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+S3_PORT="${S3_PORT:-9000}"
+BUCKET="${BUCKET:-crn}"
+# Ray gets more logical CPUs than cores so training workers cannot starve Ray Data.
+RAY_CPUS="${RAY_CPUS:-$(( $(nproc) * 2 > 4 ? $(nproc) * 2 : 4 ))}"
+
+export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+# Job entrypoints (`-- python jobs/train.py`) run with the head's PATH: make `python` the venv's.
+export PATH="$VENV_BIN:$PATH"
+# moto accepts any credentials; a real endpoint takes them from the usual AWS chain.
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-local}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-local}"
+export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
+S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+
+wait_for() {  # wait_for <what> <command...>: retry for up to 60 s
+  local what="$1"; shift
+  for _ in $(seq 1 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "error: $what did not come up (logs in $STATE)" >&2; return 1
+}
+
+start() {
+  mkdir -p "$STATE"
+  echo "S3 (moto server) on $S3_ENDPOINT"
+  nohup "$VENV_BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STATE/s3.log" 2>&1 &
+  echo $! >"$STATE/s3.pid"
+  wait_for "S3" curl -sf "$S3_ENDPOINT/"
+  "$VENV_BIN/python" - "$S3_ENDPOINT" "$BUCKET" <<'PY'
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1])
+if sys.argv[2] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+    s3.create_bucket(Bucket=sys.argv[2])
+PY
+
+  echo "MLflow on http://127.0.0.1:$MLFLOW_PORT (artifacts in s3://$BUCKET/mlflow)"
+  MLFLOW_S3_ENDPOINT_URL="$S3_ENDPOINT" nohup "$VENV_BIN/mlflow" server \
+    --host 127.0.0.1 --port "$MLFLOW_PORT" \
+    --backend-store-uri "sqlite:///$STATE/mlflow.db" \
+    --artifacts-destination "s3://$BUCKET/mlflow" >"$STATE/mlflow.log" 2>&1 &
+  echo $! >"$STATE/mlflow.pid"
+  wait_for "MLflow" curl -sf "http://127.0.0.1:$MLFLOW_PORT/health"
+
+  echo "Ray head on 127.0.0.1:$RAY_PORT, job server on http://127.0.0.1:$DASHBOARD_PORT"
+  # Jobs and workers inherit this environment: they find MLflow and S3 without flags.
+  MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" AWS_ENDPOINT_URL="$S3_ENDPOINT" \
+    nohup "$VENV_BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
+    --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
+    --num-cpus "$RAY_CPUS" --temp-dir "$STATE/ray" --disable-usage-stats >"$STATE/ray.log" 2>&1 &
+  # --block keeps one process that owns this head's processes: stopping it stops exactly
+  # them (a plain `ray stop` would end every Ray instance on the machine, tests' included).
+  echo $! >"$STATE/ray.pid"
+  wait_for "Ray job server" curl -sf "http://127.0.0.1:$DASHBOARD_PORT/api/version"
+
+  cat >"$STATE/env.sh" <<ENV
+# Written by infra/local/stack.sh: source it to use the local stack.
+export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
+export AWS_ENDPOINT_URL=$S3_ENDPOINT
+export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
+export AWS_DEFAULT_REGION=$AWS_DEFAULT_REGION
+export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+ENV
+  echo "ready: source $STATE/env.sh"
+}
+
+stop() {
+  for svc in ray mlflow s3; do
+    if [ -f "$STATE/$svc.pid" ]; then
+      pid=$(cat "$STATE/$svc.pid")
+      # mlflow server runs its web server as a child process: end that too.
+      [ "$svc" = mlflow ] && { pkill -TERM -P "$pid" 2>/dev/null || true; }
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      rm -f "$STATE/$svc.pid"
+    fi
+  done
+  echo "stopped"
+}
+
+status() {
+  curl -sf "$S3_ENDPOINT/" >/dev/null && echo "S3      up   $S3_ENDPOINT" || echo "S3      down"
+  curl -sf "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null \
+    && echo "MLflow  up   http://127.0.0.1:$MLFLOW_PORT" || echo "MLflow  down"
+  curl -sf "http://127.0.0.1:$DASHBOARD_PORT/api/version" >/dev/null \
+    && echo "Ray     up   http://127.0.0.1:$DASHBOARD_PORT" || echo "Ray     down"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,238 @@
+"""Trained CRNs in the MLflow model registry: log and register them, and load them back.
+
+A registered CRN is an `mlflow.pyfunc` model that carries the crn checkpoint file itself
+(`artifacts/crn_checkpoint.pt`, the self-describing dict of crn.checkpoint) plus a small
+`PythonModel` wrapper. Anything that speaks MLflow can call it
+(`mlflow.pyfunc.load_model(uri).predict(uint8 [B,H,W]) -> uint8 [B,K,H,W,3]`), while our
+jobs skip the wrapper and rebuild the model straight from the checkpoint
+(`load_model(uri)`), which needs nothing but torch and this repository.
+
+Why not `mlflow.pytorch.log_model`: its default format (torch.export, "pt2") needs an input
+example and fixes the spatial size (stack-notes.md); the checkpoint already rebuilds the
+model exactly, with `torch.load(weights_only=True)` and no pickled code.
+
+URIs accepted by `load_model`:
+  models:/<name>@<alias>     the alias is resolved to a version once, and that version loaded
+  models:/<name>/<version>   a fixed version
+  runs:/<run_id>/<path>      a logged model, or a checkpoint file logged as an artifact
+  <path> or s3://...         a checkpoint file
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crn.checkpoint import load_checkpoint, model_from_checkpoint
+from crn.labels import one_hot
+from crn.model import CRN, to_uint8_images
+from jobs.common import REPO_ROOT, UserError
+
+# The name the checkpoint file gets inside a logged model; `artifacts/<this>` in its folder.
+CHECKPOINT_ARTIFACT = "crn_checkpoint.pt"
+CHECKPOINT_KEY = "checkpoint"
+# The checkpoint entries that hold tensors of weights or optimizer state.
+WEIGHT_KEYS = ("model", "optimizer")
+
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A CRN ready to run, and where it came from."""
+
+    model: CRN  # eval mode, on the CPU
+    checkpoint: dict[str, Any]  # the checkpoint without its weights (config, schema, step, ...)
+    uri: str  # what the user asked for, verbatim
+    version: str | None  # the registry version (resolved from an alias); None outside the registry
+
+
+@dataclasses.dataclass
+class ResolvedCheckpoint:
+    """A checkpoint file on local disk, found from a URI; `cleanup()` removes any download."""
+
+    path: Path
+    uri: str
+    version: str | None
+    download_dir: Path | None = None
+
+    def cleanup(self) -> None:
+        if self.download_dir is not None:
+            shutil.rmtree(self.download_dir, ignore_errors=True)
+
+
+def generate_images(
+    model: CRN, labels: np.ndarray, *, device: str = "cpu", bf16: bool = False, batch_size: int | None = None
+) -> np.ndarray:
+    """Run the generator on class-index maps: uint8 [B,H,W] -> uint8 images [B,K,H,W,3].
+
+    This is the documented meaning of a synthesized image: the model's unclamped output
+    clamped to [0, 255] and rounded (crn.model.to_uint8_images). With `bf16` the forward pass
+    runs under bfloat16 autocast (GPUs), so its bytes differ slightly from float32's.
+
+    `batch_size` fixes the shape of every forward pass: the maps go through in chunks of
+    exactly that many, the last chunk padded with copies of its last map. Convolution
+    kernels pick their algorithm (and so their rounding) by batch size, so without this a
+    sample's pixels could change with the number of samples that happened to share its
+    batch; with it they depend only on the map, the weights and the settings.
+    """
+    labels = np.ascontiguousarray(labels)
+    chunk = batch_size or len(labels)
+    outputs = []
+    for start in range(0, len(labels), chunk):
+        maps = labels[start:start + chunk]
+        count = len(maps)
+        if count < chunk:
+            maps = np.concatenate([maps, np.repeat(maps[-1:], chunk - count, axis=0)])
+        outputs.append(_forward_uint8(model, maps, device, bf16)[:count])
+    if not outputs:
+        return np.zeros((0, model.config.num_outputs, *labels.shape[1:], 3), np.uint8)
+    return np.concatenate(outputs)
+
+
+def _forward_uint8(model: CRN, labels: np.ndarray, device: str, bf16: bool) -> np.ndarray:
+    index_maps = torch.from_numpy(labels).to(device=device, dtype=torch.long)
+    with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        out = model(one_hot(index_maps, model.config.num_classes))  # [B,K,3,H,W]
+    return to_uint8_images(out.float()).cpu().numpy()  # [B,K,H,W,3]
+
+
+def log_and_register(checkpoint_path: str | os.PathLike, model_name: str, alias: str = "candidate") -> str:
+    """Log the checkpoint as an MLflow model in the active run, register it, set `alias`.
+
+    Returns the new registered version (a string, as MLflow shows it). The model carries a
+    tensor signature (uint8 [-1,H,W] -> uint8 [-1,K,H,W,3]) read from the checkpoint's config.
+    """
+    import mlflow
+    from mlflow.models import ModelSignature
+
+    from jobs.crn_pyfunc import CRNPythonModel
+    from mlflow.tracking import MlflowClient
+    from mlflow.types import Schema, TensorSpec
+
+    if mlflow.active_run() is None:
+        raise UserError("log_and_register needs an active MLflow run (call it inside mlflow.start_run())")
+    resolved = resolve_checkpoint(str(checkpoint_path))
+    try:
+        ckpt = load_checkpoint(resolved.path)
+        config = model_from_checkpoint(ckpt).config
+        height, width = config.top_resolution
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, height, width))]),
+            outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, config.num_outputs, height, width, 3))]),
+        )
+        with tempfile.TemporaryDirectory(prefix="crn-register-") as staging:
+            # A fixed artifact name lets load_model find the file without guessing.
+            staged = Path(staging) / CHECKPOINT_ARTIFACT
+            shutil.copyfile(resolved.path, staged)
+            with warnings.catch_warnings():
+                # The tensor signature above says all an input example would.
+                warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=CRNPythonModel(),
+                    artifacts={CHECKPOINT_KEY: str(staged)},
+                    # The wrapper's code travels with the model, so it loads outside this repo too.
+                    code_paths=[str(REPO_ROOT / "crn"), str(REPO_ROOT / "jobs")],
+                    # Listed explicitly: inferring them would load the model in a subprocess.
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"],
+                    signature=signature,
+                    registered_model_name=model_name,
+                    tags={"crn.schema": ckpt.get("label_schema", {}).get("name", "")},
+                )
+    finally:
+        resolved.cleanup()
+    version = str(info.registered_model_version)
+    MlflowClient().set_registered_model_alias(model_name, alias, version)
+    return version
+
+
+def resolve_checkpoint(uri_or_path: str) -> ResolvedCheckpoint:
+    """Find the checkpoint file behind a registry URI, run URI or path, downloading if needed."""
+    if "://" not in uri_or_path and not uri_or_path.startswith(("models:/", "runs:/")):
+        path = Path(uri_or_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"model checkpoint {uri_or_path}: no such file")
+        return ResolvedCheckpoint(path=path.resolve(), uri=uri_or_path, version=None)
+
+    version = None
+    download_uri = uri_or_path
+    if match := _ALIAS_URI.match(uri_or_path):
+        # Resolve the alias once, so that moving it while a job runs changes nothing.
+        version = _registry_call(uri_or_path, "get_model_version_by_alias", match["name"], match["alias"]).version
+        download_uri = f"models:/{match['name']}/{version}"
+    elif match := _VERSION_URI.match(uri_or_path):
+        version = _registry_call(uri_or_path, "get_model_version", match["name"], match["version"]).version
+    download_dir = Path(tempfile.mkdtemp(prefix="crn-model-"))
+    try:
+        checkpoint = _download_checkpoint(download_uri, download_dir)
+    except Exception:
+        shutil.rmtree(download_dir, ignore_errors=True)
+        raise
+    return ResolvedCheckpoint(path=checkpoint, uri=uri_or_path, version=str(version) if version else None, download_dir=download_dir)
+
+
+def _download_checkpoint(uri: str, download_dir: Path) -> Path:
+    """The checkpoint file of a logged CRN model (via its MLmodel file), or `uri` if it is one."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    try:
+        mlmodel = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=str(download_dir / "meta")))
+    except (MlflowException, OSError):
+        mlmodel = None
+    if mlmodel is not None and mlmodel.is_file():
+        flavor = Model.load(str(mlmodel)).flavors.get("python_function", {})
+        artifact = flavor.get("artifacts", {}).get(CHECKPOINT_KEY)
+        if artifact is None:
+            raise UserError(f"model {uri}: an MLflow model without a CRN checkpoint (not logged by log_and_register)")
+        target_uri = f"{uri.rstrip('/')}/{artifact['path']}"
+    else:
+        target_uri = uri  # not a logged model: the URI names a checkpoint file itself
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=target_uri, dst_path=str(download_dir / "ckpt")))
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"model {uri}: cannot download ({_first_line(exc)})") from exc
+    if not local.is_file():
+        raise UserError(f"model {uri}: names a folder that is neither an MLflow model nor a checkpoint file")
+    return local
+
+
+def _registry_call(uri: str, method: str, *args):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return getattr(MlflowClient(), method)(*args)
+    except MlflowException as exc:
+        raise UserError(f"model {uri}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def without_weights(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's description (config, schema, step, ...) without its tensors of weights."""
+    return {key: value for key, value in ckpt.items() if key not in WEIGHT_KEYS}
+
+
+def load_model(uri_or_path: str) -> LoadedModel:
+    """Load a CRN from the registry, a run, or a checkpoint file (see the module docstring)."""
+    resolved = resolve_checkpoint(uri_or_path)
+    try:
+        ckpt = load_checkpoint(resolved.path)
+    finally:
+        resolved.cleanup()
+    return LoadedModel(model=model_from_checkpoint(ckpt), checkpoint=without_weights(ckpt), uri=resolved.uri, version=resolved.version)

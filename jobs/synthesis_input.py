@@ -1,0 +1,120 @@
+"""What synthesis reads: a split of a store, or a folder of label maps alone.
+
+Either way the result can build (lazily: opening an input starts no Ray) a Ray Dataset of rows
+    {"sample_id": str, "label": uint8 [H, W] class indices, "source": str, "reject": str}
+at the model's resolution (plus "photo" uint8 [H, W, 3] for a store with photographs),
+where `source` is what a user would look for (the label file's path, or the sample id in a
+store) and `reject` is empty for a good sample, the reason it cannot be used otherwise.
+Rejected rows carry an all-zero label so that every row has the same shape.
+
+A folder of label maps goes through exactly the checks preprocessing applies
+(pipeline.sources.scan_source with layout `labels-only`, then pipeline.prepare): files
+that are not PNG, unreadable or truncated, not 1:2, smaller than the model's resolution, or
+holding ids/colours outside the schema are rejected with their path; good ones are mapped
+to class indices and downsampled to the model's resolution by nearest neighbour.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from jobs.common import UserError
+from pipeline.prepare import BadInput, PrepareSettings, SamplePreparer
+from pipeline.resolution import Resolution, format_resolution
+from pipeline.schema import LabelSchema
+from pipeline.sources import SourceError, display_path, scan_source
+from pipeline.store import decode_batch, open_store
+
+
+@dataclass
+class SynthesisInput:
+    build_dataset: Callable[[], object]  # -> ray.data.Dataset of the rows described above
+    preview: Callable[[int], list[dict]]  # -> up to n good rows, read on the driver without Ray (gallery)
+    schema: LabelSchema  # the input's label schema (the store's, or the one named for a folder)
+    description: str  # "store s3://b/x split val" / "label folder /data/labels"
+    rejects: list[dict]  # found before reading any pixel: {"path", "reason"}
+    has_photos: bool
+
+
+def open_store_split(uri: str, split: str, resolution: Resolution) -> SynthesisInput:
+    """A split of a preprocessed store at `resolution`; StoreError (one line) if it lacks it."""
+    store = open_store(uri)
+    text = store.resolution(resolution)  # raises StoreError naming the resolutions it has
+    store.count(split)  # raises StoreError naming the splits it has
+
+    def build_dataset():
+        return store.dataset(split, text).map_batches(_mark_all_good, batch_format="numpy")
+
+    def preview(n: int) -> list[dict]:
+        # The first rows of the first part: a few row groups' worth of bytes, not the split.
+        files = store.files(split)
+        if not files:
+            return []
+        with store.filesystem.open_input_file(files[0]) as handle:
+            first = next(pq.ParquetFile(handle).iter_batches(batch_size=n, columns=store.columns(text)), None)
+        if first is None:
+            return []
+        batch = decode_batch(pa.Table.from_batches([first]), text, store.has_photos)
+        return [{name: column[i] for name, column in batch.items()} for i in range(len(batch["sample_id"]))]
+
+    return SynthesisInput(build_dataset, preview, store.schema, f"store {uri} split {split}", [], store.has_photos)
+
+
+def _mark_all_good(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # A store holds only samples that passed preprocessing's checks.
+    return {**batch, "source": batch["sample_id"], "reject": np.full(len(batch["sample_id"]), "", dtype=object)}
+
+
+def open_label_folder(uri: str, schema: LabelSchema, label_type: str, resolution: Resolution) -> SynthesisInput:
+    """Label maps under `uri` (see pipeline.sources, layout `labels-only`), in `schema`."""
+    try:
+        scan = scan_source(uri, "labels-only", label_type, None)
+    except SourceError as exc:
+        raise UserError(str(exc)) from None
+    rejects = [r.to_dict() for r in scan.rejects]
+    if not scan.candidates:
+        raise UserError(f"label folder {uri}: no label maps (PNG files) found")
+    settings = PrepareSettings(label_type=label_type, schema=schema.to_dict(), resolutions=(resolution,), crop_to_aspect=False)
+    items = [{"sample_id": c.sample_id, "path": c.label} for c in scan.candidates]
+
+    def preview(n: int) -> list[dict]:
+        batch = _prepare_labels(
+            {"sample_id": np.asarray([i["sample_id"] for i in items[:n]], dtype=object),
+             "path": np.asarray([i["path"] for i in items[:n]], dtype=object)},
+            settings, scan.filesystem, uri,
+        )
+        return [{name: column[i] for name, column in batch.items()} for i in range(len(batch["sample_id"])) if not batch["reject"][i]]
+
+    def build_dataset():
+        import ray.data
+
+        return ray.data.from_items(items).map_batches(
+            _prepare_labels,
+            fn_kwargs={"settings": settings, "filesystem": scan.filesystem, "uri": uri},
+            batch_format="numpy",
+        )
+
+    return SynthesisInput(build_dataset, preview, schema, f"label folder {uri}", rejects, has_photos=False)
+
+
+def _prepare_labels(batch: dict[str, np.ndarray], settings: PrepareSettings, filesystem: pafs.FileSystem, uri: str) -> dict[str, np.ndarray]:
+    """Ray Data task: label file paths -> class-index maps at the model's resolution, or rejects."""
+    height, width = settings.resolutions[-1]
+    preparer = SamplePreparer(settings, filesystem, functools.partial(display_path, uri))
+    sample_ids = list(batch["sample_id"])
+    labels = np.zeros((len(sample_ids), height, width), dtype=np.uint8)
+    sources = np.asarray([display_path(uri, path) for path in batch["path"]], dtype=object)
+    reasons = np.full(len(sample_ids), "", dtype=object)
+    for i, (sample_id, path) in enumerate(zip(sample_ids, batch["path"])):
+        try:
+            prepared = preparer.prepare("labels", sample_id, path, None)
+            labels[i] = prepared.labels[format_resolution((height, width))]
+        except BadInput as bad:
+            reasons[i] = bad.reason
+    return {"sample_id": np.asarray(sample_ids, dtype=object), "label": labels, "source": sources, "reject": reasons}

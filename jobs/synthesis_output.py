@@ -1,0 +1,183 @@
+"""The synthesis output folder (local or s3://): its layout, and what a re-run finds in it.
+
+    <output>/job.json                  what makes these images (written before the first one)
+    <output>/images/<sample>/<k>.png   variant k (0 .. K-1) of sample <sample>
+    <output>/manifest.parquet          one row per image, written last
+    <output>/rejects.json              input label maps left out, with the reason for each
+
+`<sample>` is the sample id, percent-quoted so that an id holding "/" stays one folder.
+
+Every image file is written atomically (pipeline.fs.write_bytes_atomically: temp file and
+rename locally, a single upload on S3), so an image that exists is complete. Each image is
+a deterministic function of (label map, model weights, variant) and of how the forward pass
+runs: the CRN has no noise input, every forward pass has the same shape (batches padded to
+--batch-size), CPU actors use a fixed torch thread count, GPUs a fixed cuDNN algorithm, and
+PNG encoding has a fixed compression level and no timestamp. Floating-point rounding does
+depend on batch size and thread count (a 1-map batch and 2 threads vs 1 both change some
+pixels by one level), which is why those are part of the folder's identity. The job's seed
+is recorded in the manifest but changes nothing in the pixels.
+
+Resuming: `job.json` pins the model weights (sha256), schema, resolution, K, precision,
+seed, device, batch size and CPU threads per actor. A re-run into the same folder must agree with it (else a one-line error), lists the
+images already there, skips the samples that have all K, writes only the missing variants
+of the others, deletes temp files an interrupted write left behind, and then writes a
+manifest covering every image in the folder. The manifest's rows are computed from
+(sample id, variant, job.json) alone, so an interrupted run plus a re-run gives exactly the
+rows, and the files, of one uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import posixpath
+import re
+from collections import defaultdict
+from urllib.parse import quote, unquote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+
+from jobs.common import UserError
+from pipeline.fs import join, read_bytes, write_bytes_atomically
+
+OUTPUT_FORMAT = "crn-synthesis/1"
+JOB_FILE = "job.json"
+IMAGES_DIR = "images"
+MANIFEST_FILE = "manifest.parquet"
+REJECTS_FILE = "rejects.json"
+# zlib level for PNGs: fixed, because the same pixels must give the same bytes on every run.
+PNG_COMPRESS_LEVEL = 6
+
+_VARIANT_FILE = re.compile(r"^(\d+)\.png$")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputIdentity:
+    """What decides every pixel and manifest row of an output folder (kept in job.json)."""
+
+    model_uri: str
+    model_version: str | None
+    model_sha256: str
+    schema_name: str
+    schema_fingerprint: str
+    resolution: str
+    num_outputs: int
+    precision: str
+    seed: int
+    # How the forward pass runs. Floating-point rounding depends on these (kernels chosen by
+    # batch size, reductions split by thread count), so equal bytes need equal settings.
+    device: str  # "cpu" or "cuda"
+    batch_size: int
+    threads_per_actor: int  # torch threads of a CPU actor; 0 on GPUs
+    torch_version: str  # recorded, not checked
+
+    # model_uri and model_version may change between runs (an alias vs the version it points
+    # to) as long as the weights are the same; everything else but the torch version must match.
+    PINNED = ("model_sha256", "schema_fingerprint", "resolution", "num_outputs", "precision", "seed",
+              "device", "batch_size", "threads_per_actor")
+
+    def to_dict(self) -> dict:
+        return {"format": OUTPUT_FORMAT, **dataclasses.asdict(self)}
+
+
+def image_path(sample_id: str, variant: int) -> str:
+    """Path of an image relative to the output folder (also the manifest's `image_path`)."""
+    return posixpath.join(IMAGES_DIR, quote(sample_id, safe=""), f"{variant}.png")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] -> PNG bytes; the same pixels always give the same bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def claim_output(fs: pafs.FileSystem, root: str, uri: str, identity: OutputIdentity) -> None:
+    """Write job.json into a new output folder, or check that an existing one agrees with it."""
+    path = join(root, JOB_FILE)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        try:
+            existing = json.loads(read_bytes(fs, path))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"output {uri}: unreadable {JOB_FILE} ({exc})") from None
+        wanted = identity.to_dict()
+        for key in OutputIdentity.PINNED:
+            if existing.get(key) != wanted[key]:
+                raise UserError(
+                    f"output {uri} holds images made with {key}={existing.get(key)!r} "
+                    f"(model {existing.get('model_uri')}), this run has {wanted[key]!r}: choose another --output"
+                )
+        return
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(root, recursive=True)
+    write_bytes_atomically(fs, path, (json.dumps(identity.to_dict(), indent=1) + "\n").encode())
+
+
+@dataclasses.dataclass
+class ExistingImages:
+    variants: dict[str, set[int]]  # sample id -> variants whose image exists
+    temp_files: list[str]  # leftovers of interrupted local writes (dot-files), to delete
+
+
+def list_existing(fs: pafs.FileSystem, root: str, num_outputs: int) -> ExistingImages:
+    """What an earlier run into this folder already wrote."""
+    images_root = join(root, IMAGES_DIR)
+    variants: dict[str, set[int]] = defaultdict(set)
+    temp_files = []
+    selector = pafs.FileSelector(images_root, recursive=True, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type != pafs.FileType.File:
+            continue
+        parts = posixpath.relpath(info.path, images_root).split("/")
+        if len(parts) != 2:
+            continue  # not ours
+        folder, name = parts
+        if name.startswith("."):
+            temp_files.append(info.path)
+        elif (match := _VARIANT_FILE.match(name)) and int(match[1]) < num_outputs:
+            variants[unquote(folder)].add(int(match[1]))
+    return ExistingImages(dict(variants), temp_files)
+
+
+def manifest_table(images: set[tuple[str, int]], identity: OutputIdentity) -> pa.Table:
+    """One row per (sample id, variant), sorted; provenance columns from the job identity."""
+    ordered = sorted(images)
+    count = len(ordered)
+    table = pa.table(
+        {
+            "sample_id": pa.array([s for s, _ in ordered], pa.string()),
+            "variant": pa.array([v for _, v in ordered], pa.int32()),
+            "image_path": pa.array([image_path(s, v) for s, v in ordered], pa.string()),
+            "model_uri": pa.array([identity.model_uri] * count, pa.string()),
+            "model_version": pa.array([identity.model_version] * count, pa.string()),
+            "model_sha256": pa.array([identity.model_sha256] * count, pa.string()),
+            "seed": pa.array([identity.seed] * count, pa.int64()),
+            "schema": pa.array([identity.schema_name] * count, pa.string()),
+            "schema_fingerprint": pa.array([identity.schema_fingerprint] * count, pa.string()),
+            "resolution": pa.array([identity.resolution] * count, pa.string()),
+            "precision": pa.array([identity.precision] * count, pa.string()),
+        }
+    )
+    return table.replace_schema_metadata({"crn.synthesis": json.dumps(identity.to_dict())})
+
+
+def write_manifest(fs: pafs.FileSystem, root: str, table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    write_bytes_atomically(fs, join(root, MANIFEST_FILE), data)
+    return data
+
+
+def write_rejects(fs: pafs.FileSystem, root: str, rejects: list[dict]) -> bytes:
+    data = (json.dumps(sorted(rejects, key=lambda r: (r["path"], r["reason"])), indent=1) + "\n").encode()
+    write_bytes_atomically(fs, join(root, REJECTS_FILE), data)
+    return data

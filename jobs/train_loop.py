@@ -1,0 +1,258 @@
+"""The training loop each Ray Train worker runs: plain PyTorch, with Ray only at the edges.
+
+Ray supplies the worker's data shard (`get_dataset_shard`), the checkpoint to resume from
+(`get_checkpoint`), DDP set-up (`prepare_model`) and the channel to the driver (`report`).
+Everything else is the loop of crn-spec.md section 4: one-hot labels, K images, the VGG
+loss, an Adam step.
+
+Data order. Ray Train splits the store's training rows into equal, disjoint parts, one per
+rank, with Ray Data's order preserved, so the split is the same every epoch and on every
+re-run (DistributedSampler without shuffling). Each rank reshuffles its part every epoch
+through a local shuffle buffer seeded by (seed, epoch, rank). Every rank therefore sees
+different samples within an epoch, in a new order each epoch, reproducibly. Rows beyond
+`world_size * (rows // world_size)` and a last incomplete batch are dropped, so every rank
+takes the same number of steps.
+
+Resume. A checkpoint holds the model, Adam's state, the step, the epoch, the batches already
+taken in that epoch, the loss weights (and the per-layer sums gathered for recalibration),
+the label schema and the RNG state. Resuming rebuilds all of it, replays the epoch's
+shuffled order and skips the batches already taken, so a resumed run takes exactly the
+steps an uninterrupted one would have. Rank 0 writes the checkpoints; all ranks report at
+the same steps (every `log_every` and `checkpoint_every` steps, and at the end).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from crn.checkpoint import capture_rng_state, load_checkpoint, make_checkpoint, restore_rng_state, save_checkpoint
+from crn.config import CRNConfig
+from crn.labels import one_hot
+from crn.losses import NUM_LAYERS, CRNLoss, recalibrate
+from crn.model import CRN, to_uint8_images
+from crn.vgg import VGG19Features
+from jobs import train_stages
+from jobs.train_config import TrainConfig
+from jobs.visualize import image_grid, png_bytes, schema_palette
+from pipeline.fs import exists, filesystem_for, uri_join, write_bytes_atomically
+
+CHECKPOINT_FILE = "checkpoint.pt"
+GRID_SAMPLES = 2  # rows in an image grid
+WARMUP_STEPS = 2  # steps left out of the measured steps/s (first-call allocations)
+
+
+@dataclass
+class TrainState:
+    """Where the run stands; all of it goes into every checkpoint."""
+
+    loss_weights: list[float]
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch already taken
+    term_sums: list[float] = field(default_factory=lambda: [0.0] * NUM_LAYERS)  # for recalibration
+    term_count: int = 0
+
+
+def train_loop_per_worker(loop_config: dict) -> dict:
+    config = TrainConfig(**loop_config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if config.use_gpu else torch.device("cpu")
+    if not config.use_gpu:
+        torch.set_num_threads(config.threads_per_worker or max(1, os.cpu_count() // context.get_local_world_size()))
+
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    init_ref = loop_config["init_weights"]  # earlier-stage weights in the object store, or None
+    model = build_model(loop_config, ray.get(init_ref) if init_ref is not None else None).to(device)
+    vgg = loss_network(config).to(device)
+    optimizer = torch.optim.Adam(train_stages.trainable_parameters(model), lr=config.lr)
+    state = TrainState(loss_weights=list(loop_config["loss_weights"]))
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
+        state = restore(checkpoint, model, optimizer)
+    resumed_from = state.step
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=device)
+    loss_fn = CRNLoss(vgg, state.loss_weights).to(device)
+    shard = ray.train.get_dataset_shard("train")
+    reports = Reporter(config, loop_config, rank, world_size, start_step=state.step)
+
+    while state.epoch < config.epochs and not reached_step_limit(config, state):
+        batches = shard.iter_torch_batches(
+            batch_size=config.batch_size, drop_last=True, device=device,
+            local_shuffle_buffer_size=config.shuffle_buffer or None,
+            local_shuffle_seed=epoch_seed(config.seed, state.epoch, rank),
+        )
+        for index, batch in enumerate(batches):
+            if reached_step_limit(config, state):
+                break
+            if index < state.batch_in_epoch:
+                continue  # taken before the checkpoint this run resumed from
+            maybe_inject_fault(config, loop_config["run_dir"], state.step + 1, rank, world_size)
+            onehot = one_hot(batch["label"], model.config.num_classes)  # [B, L, H, W]
+            photo = batch["photo"].permute(0, 3, 1, 2).float()  # [B, 3, H, W], 0..255
+            loss, terms, fake = train_step(ddp_model, loss_fn, optimizer, onehot, photo, config.precision)
+            state.step += 1
+            state.batch_in_epoch += 1
+            if state.epoch + 1 == config.recalibrate_after_epoch:
+                state.term_sums = [s + terms[f"layer{i}"] for i, s in enumerate(state.term_sums)]
+                state.term_count += 1
+            reports.record(state.step, loss, terms)
+            if rank == 0 and config.image_every and state.step % config.image_every == 0:
+                reports.save_grid(state.step, batch, fake)
+            if state.step % config.log_every == 0 or state.step % config.checkpoint_every == 0:
+                reports.send(state, model, optimizer, with_checkpoint=state.step % config.checkpoint_every == 0)
+        else:  # the epoch ran to its end
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if state.epoch == config.recalibrate_after_epoch:
+                state.loss_weights = recalibrated_weights(state, device)
+                loss_fn = CRNLoss(vgg, state.loss_weights).to(device)
+
+    if reports.last_checkpoint_step != state.step and state.step > resumed_from:
+        reports.send(state, model, optimizer, with_checkpoint=True)
+    return {"step": state.step, "epoch": state.epoch, "resumed_from_step": resumed_from,
+            "steps_per_s": reports.steady_steps_per_s(), "loss_weights": state.loss_weights}
+
+
+def build_model(loop_config: dict, init_weights: dict | None) -> CRN:
+    """The CRN of this stage: earlier-stage weights, frozen modules, memory options applied."""
+    config = TrainConfig(**loop_config["config"])
+    model = CRN(CRNConfig.from_dict(loop_config["model_config"]))
+    if init_weights:
+        train_stages.load_earlier_stage(model, init_weights)
+    train_stages.freeze_all_but(model, loop_config["train_modules"])
+    if config.activation_checkpointing:
+        train_stages.enable_activation_checkpointing(model)
+    return model.train()
+
+
+def loss_network(config: TrainConfig) -> VGG19Features:
+    """The frozen VGG-19. Random weights (tests, smoke runs) are drawn from the run's seed, so
+    every rank and every resumed attempt computes the same loss."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return VGG19Features(config.vgg_weights)
+
+
+def train_step(model, loss_fn: CRNLoss, optimizer, onehot, photo, precision: str):
+    """One Adam step on one batch -> (loss, per-layer terms, the K outputs detached)."""
+    with torch.autocast(device_type=onehot.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        fake = model(onehot)  # [B, K, 3, H, W]
+        loss, terms = loss_fn(fake, photo, onehot)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # DDP averages the gradients over ranks here
+    optimizer.step()
+    return loss.item(), terms, fake.detach()
+
+
+def reached_step_limit(config: TrainConfig, state: TrainState) -> bool:
+    return bool(config.steps) and state.step >= config.steps
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A shuffle seed for each (run seed, epoch, rank), independent of one another."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def recalibrated_weights(state: TrainState, device: torch.device) -> list[float]:
+    """Spec 3.3: divide each layer weight by its mean term over the epoch, averaged over ranks."""
+    totals = torch.tensor(state.term_sums + [float(state.term_count)], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    means = (totals[:-1] / totals[-1]).tolist()
+    return list(recalibrate(state.loss_weights, means))
+
+
+def restore(checkpoint: ray.train.Checkpoint, model: CRN, optimizer) -> TrainState:
+    with checkpoint.as_directory() as folder:
+        ckpt = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    restore_rng_state(ckpt["rng"])
+    extra = ckpt["extra"]
+    return TrainState(loss_weights=list(ckpt["loss_weights"]), step=ckpt["step"], epoch=ckpt["epoch"],
+                      batch_in_epoch=extra["batch_in_epoch"], term_sums=list(extra["term_sums"]),
+                      term_count=extra["term_count"])
+
+
+def maybe_inject_fault(config: TrainConfig, run_dir: str, step: int, rank: int, world_size: int) -> None:
+    """Testing: the last rank dies (as a lost node would) once, when about to take `step`."""
+    if config.fault_at_step != step or rank != world_size - 1:
+        return
+    fs, marker = filesystem_for(uri_join(run_dir, "fault_injected"))
+    if exists(fs, marker):
+        return
+    # Die only once Ray Train has registered every report made so far: the test then knows
+    # which checkpoint is the last one (a report still in flight would die with the worker).
+    ray.train.get_all_reported_checkpoints()
+    write_bytes_atomically(fs, marker, f"step {step}\n".encode())
+    os._exit(1)
+
+
+class Reporter:
+    """Collects per-step metrics and sends them, with a checkpoint when due, via `ray.train.report`."""
+
+    def __init__(self, config: TrainConfig, loop_config: dict, rank: int, world_size: int, start_step: int):
+        self.config, self.loop_config = config, loop_config
+        self.rank, self.world_size = rank, world_size
+        self.history: list[dict] = []  # per-step records since the last report
+        self.image = None  # grid written since the last report
+        self.last_checkpoint_step = -1
+        self.window_start = (time.perf_counter(), start_step)  # (time, step) of the last report
+        self.steps_seen = 0
+        self.warm = self.latest = None  # (time, step) after WARMUP_STEPS, and now
+
+    def record(self, step: int, loss: float, terms: dict[str, float]) -> None:
+        self.history.append({"step": step, "loss": loss, **terms})
+        self.steps_seen += 1
+        self.latest = (time.perf_counter(), step)
+        if self.steps_seen == WARMUP_STEPS:
+            self.warm = self.latest
+
+    def steady_steps_per_s(self) -> float:
+        """Steps per second after the warm-up steps, reports included (0 if too few steps)."""
+        if self.warm is None or self.latest[1] == self.warm[1]:
+            return 0.0
+        return (self.latest[1] - self.warm[1]) / (self.latest[0] - self.warm[0])
+
+    def save_grid(self, step: int, batch: dict, fake: torch.Tensor) -> None:
+        n = min(GRID_SAMPLES, fake.shape[0])
+        grid = image_grid(batch["label"][:n].cpu().numpy(), to_uint8_images(fake[:n].float()).cpu().numpy(),
+                          batch["photo"][:n].cpu().numpy(), schema_palette(self.loop_config["label_schema"]))
+        self.image = f"images/step_{step:08d}.png"
+        fs, path = filesystem_for(uri_join(self.loop_config["run_dir"], self.image))
+        write_bytes_atomically(fs, path, png_bytes(grid))
+
+    def send(self, state: TrainState, model: CRN, optimizer, with_checkpoint: bool) -> None:
+        now = time.perf_counter()
+        start_time, start_step = self.window_start
+        metrics = {"step": state.step, "epoch": state.epoch, "history": self.history}
+        if state.step > start_step:
+            metrics["steps_per_s"] = (state.step - start_step) / (now - start_time)
+            metrics["samples_per_s"] = metrics["steps_per_s"] * self.config.batch_size * self.world_size
+        if self.image:
+            metrics["image"] = self.image
+        name = f"checkpoint_{state.step:08d}"
+        with tempfile.TemporaryDirectory(prefix="crn-ckpt-") as folder:
+            checkpoint = None
+            if with_checkpoint and self.rank == 0:
+                extra = {"batch_in_epoch": state.batch_in_epoch, "term_sums": state.term_sums,
+                         "term_count": state.term_count, "config": asdict(self.config)}
+                save_checkpoint(Path(folder) / CHECKPOINT_FILE, make_checkpoint(
+                    model, optimizer=optimizer, step=state.step, epoch=state.epoch,
+                    loss_weights=state.loss_weights, label_schema=self.loop_config["label_schema"],
+                    rng=capture_rng_state(), extra=extra))
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name if with_checkpoint else None)
+        if with_checkpoint:
+            self.last_checkpoint_step = state.step
+        self.history, self.image = [], None
+        self.window_start = (time.perf_counter(), state.step)

@@ -1,0 +1,132 @@
+"""MLflow for the training job: the driver owns the run, and Ray Train's controller logs into it.
+
+Who writes what, and why:
+- The driver (jobs/train.py) starts the run (or resumes the one an earlier attempt of the
+  same Ray Train run left, found by the tag `crn.ray_run`), logs the whole config as
+  params, and after `fit()` logs and registers the final checkpoint.
+- While `fit()` runs the driver only waits, and `MLflowReports`, a Ray Train callback, logs
+  every step's losses, the throughput and the image grids as the workers report them. The
+  callback runs in the Train controller, an actor that Ray Train pins to the driver's node,
+  so a local SQLite tracking file works as well as a tracking server, and exactly one
+  process writes to the store at any time (SQLite wants no more; stack-notes.md).
+- Workers never talk to MLflow. Each report carries the per-step losses since the last
+  one (averaged over ranks here); image grids are PNG files that rank 0 writes into the
+  run's storage (`<storage>/<run>/images/`), which the callback copies into the run.
+
+After a lost worker the group restarts from the last checkpoint and redoes some steps;
+each step is logged once (the first time), so the curves have no duplicate points.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import defaultdict
+from typing import Any
+
+from ray.train import UserCallback
+
+from pipeline.fs import filesystem_for, read_bytes, uri_join
+
+RUN_TAG = "crn.ray_run"  # the run's storage location: <storage path>/<run name>
+MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
+
+
+class MLflowReports(UserCallback):
+    """Logs the workers' reports into an existing MLflow run (see the module docstring)."""
+
+    def __init__(self, tracking_uri: str, run_id: str, run_dir: str, logged_up_to: int):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.logged_up_to = logged_up_to  # last step already in the run (an earlier attempt's)
+        self.worker_failures = 0
+        self._client = None
+
+    def client(self):
+        # Created in the controller process, never pickled.
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = []
+        for step, values in sorted(average_over_ranks(metrics).items()):
+            if step > self.logged_up_to:
+                entries += [Metric(key, value, now, step) for key, value in values.items()]
+        rank0 = metrics[0]
+        for key in ("steps_per_s", "samples_per_s"):
+            if key in rank0 and rank0["step"] > self.logged_up_to:
+                entries.append(Metric(key, rank0[key], now, rank0["step"]))
+        for start in range(0, len(entries), MAX_METRICS_PER_CALL):
+            self.client().log_batch(self.run_id, metrics=entries[start : start + MAX_METRICS_PER_CALL])
+        if rank0.get("image") and rank0["step"] > self.logged_up_to:
+            self.copy_image(rank0["image"])
+        self.logged_up_to = max(self.logged_up_to, rank0.get("step", 0))
+
+    def copy_image(self, relative_path: str) -> None:
+        fs, path = filesystem_for(uri_join(self.run_dir, relative_path))
+        with tempfile.TemporaryDirectory(prefix="crn-grid-") as folder:
+            local = os.path.join(folder, os.path.basename(relative_path))
+            with open(local, "wb") as f:
+                f.write(read_bytes(fs, path))
+            self.client().log_artifact(self.run_id, local, artifact_path="images")
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        self.worker_failures += 1
+        self.client().set_tag(self.run_id, "crn.worker_failures", str(self.worker_failures))
+
+
+def average_over_ranks(metrics: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """{step: {name: mean over ranks}} from each rank's `history` of per-step records."""
+    sums: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    counts: dict[int, int] = defaultdict(int)
+    for rank_metrics in metrics:
+        for record in rank_metrics.get("history", []):
+            step = record["step"]
+            counts[step] += 1
+            for key, value in record.items():
+                if key != "step":
+                    sums[step][key] += value
+    return {step: {key: total / counts[step] for key, total in values.items()} for step, values in sums.items()}
+
+
+def start_or_resume_run(experiment: str, run_dir: str, run_name: str):
+    """The MLflow run of this Ray Train run: the earlier attempt's if there is one, else new.
+
+    Returns (active run, resumed, last logged step).
+    """
+    import mlflow
+
+    previous = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`{RUN_TAG}` = '{run_dir}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if previous:
+        run = mlflow.start_run(run_id=previous[0].info.run_id)
+        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+        return run, True, max((m.step for m in history), default=0)
+    return mlflow.start_run(run_name=run_name, tags={RUN_TAG: run_dir}), False, 0
+
+
+def log_params(params: dict[str, Any], resumed: bool) -> None:
+    """Log params; on a resumed run keep the first values and tag any that changed."""
+    import mlflow
+
+    params = {key: str(value) for key, value in params.items()}
+    if resumed:
+        existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+        changed = {f"crn.changed_on_resume.{k}": v for k, v in params.items() if k in existing and existing[k] != v}
+        params = {k: v for k, v in params.items() if k not in existing}
+        if changed:
+            mlflow.set_tags(changed)
+    if params:
+        mlflow.log_params(params)

@@ -1,0 +1,78 @@
+"""Pictures of label maps and model outputs: class colours and "label | K outputs | photo" grids.
+
+    palette = schema_palette(schema)              # uint8 [L, 3], the schema's own colours
+    colours = colorize(label_map, palette)        # uint8 [H, W] -> uint8 [H, W, 3]
+    grid = image_grid(labels, outputs, photos, palette)
+    Path("grid.png").write_bytes(png_bytes(grid))
+
+Training logs such grids to MLflow at intervals; synthesis reuses `colorize` for its
+gallery. Each class is drawn in the first colour its schema lists (Cityscapes: the
+gtFine_color colours, void black); a schema that lists ids only gets a fixed, seeded palette
+so a class keeps its colour from one picture to the next.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+# White gap between the tiles of a grid, in pixels.
+GAP = 2
+
+
+def schema_palette(schema) -> np.ndarray:
+    """uint8 [L, 3]: one RGB colour per class index of a `pipeline.schema.LabelSchema`.
+
+    Also accepts the schema's dict form (as stored in checkpoints and manifests).
+    """
+    if isinstance(schema, dict):
+        from pipeline.schema import LabelSchema
+
+        schema = LabelSchema.from_dict(schema)
+    fallback = np.random.default_rng(0).integers(0, 256, size=(schema.num_classes, 3), dtype=np.uint8)
+    colours = [cls.colors[0] if cls.colors else fallback[i] for i, cls in enumerate(schema.all_classes)]
+    return np.asarray(colours, dtype=np.uint8)
+
+
+def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Class-index map uint8 [H, W] -> RGB uint8 [H, W, 3], class c drawn as `palette[c]`.
+
+    Raises ValueError when the map holds an index the palette has no colour for.
+    """
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"colorize: expected a label map [H, W], got shape {label.shape}")
+    if label.size and int(label.max()) >= len(palette):
+        raise ValueError(f"colorize: label map holds class {int(label.max())}, palette has {len(palette)} colours")
+    return np.asarray(palette, dtype=np.uint8)[label]
+
+
+def image_grid(labels: np.ndarray, outputs: np.ndarray, photos: np.ndarray | None, palette: np.ndarray) -> np.ndarray:
+    """One row per sample: coloured label | output 1 .. output K | photograph.
+
+    labels uint8 [B, H, W]; outputs uint8 [B, K, H, W, 3] (crn.model.to_uint8_images);
+    photos uint8 [B, H, W, 3] or None (label-only data). Returns uint8 [rows, cols, 3] with
+    white gaps between tiles.
+    """
+    batch, num_outputs, height, width, _ = outputs.shape
+    tiles_per_row = num_outputs + 1 + (photos is not None)
+    grid = np.full(
+        (batch * height + (batch - 1) * GAP, tiles_per_row * width + (tiles_per_row - 1) * GAP, 3),
+        255,
+        dtype=np.uint8,
+    )
+    for b in range(batch):
+        row = [colorize(labels[b], palette)] + list(outputs[b]) + ([photos[b]] if photos is not None else [])
+        top = b * (height + GAP)
+        for t, tile in enumerate(row):
+            left = t * (width + GAP)
+            grid[top : top + height, left : left + width] = tile
+    return grid
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode an RGB uint8 [H, W, 3] array as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()

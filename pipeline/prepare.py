@@ -1,0 +1,221 @@
+"""One sample, source files to store rows: decode, validate, map classes, downsample.
+
+Everything wrong with a sample raises `BadInput(path, reason)`; the caller turns it into a
+reject and carries on with the next sample. The checks, in order:
+  1. both files decode completely (a truncated PNG fails here), labels are PNG (lossless);
+  2. label and photo have the same size;
+  3. the aspect ratio is 1:2, or `crop_to_aspect` cuts the centre 1:2 window out of it;
+  4. the (cropped) image is at least as large as the largest requested resolution;
+  5. every label id / colour is listed by the schema.
+
+Downsampling, always from the (cropped) source image, never from another resolution:
+- Labels: nearest neighbour by pixel centres. Output pixel (i, j) of an h x w map takes the
+  source pixel (floor((2i+1) H / 2h), floor((2j+1) W / 2w)), the one under its centre
+  (the same pixel Pillow's NEAREST picks). Nearest, not majority, because that is what the
+  authors did (crn-spec.md section 2), it never invents a class, and the network makes
+  its own soft, area-averaged labels for its coarse levels from the top resolution.
+- Photos: Pillow's `Image.resize(..., BICUBIC, reducing_gap=None)`. Pillow widens the
+  bicubic kernel by the reduction factor, so this is bicubic with antialiasing, like the
+  authors' resize; `reducing_gap=None` keeps it one exact pass.
+
+Centre crop to 1:2 (only when asked): keep height h' = min(H, W // 2) and width 2h', with
+the window centred (top = (H - h') // 2, left = (W - 2h') // 2). GTA5's 1052x1914 becomes
+the rows 47..1003 (957x1914).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.fs as pafs
+from PIL import Image
+
+from pipeline.resolution import Resolution, format_resolution
+from pipeline.schema import INVALID, LabelSchema
+
+PHOTO_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr")
+ID_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+COLOR_LABEL_MODES = ("RGB", "RGBA", "P", "PA")
+
+
+class BadInput(Exception):
+    """A sample that cannot go into the store: `path` (user-facing) and a one-line `reason`."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """What decides how a sample is prepared (plain types, so it travels to Ray workers)."""
+
+    label_type: str  # "ids" or "color"
+    schema: dict  # LabelSchema.to_dict()
+    resolutions: tuple[Resolution, ...]  # smallest first
+    crop_to_aspect: bool
+
+
+@dataclass
+class PreparedSample:
+    sample_id: str
+    split: str
+    labels: dict[str, np.ndarray]  # "64x128" -> uint8 [64, 128] class indices
+    photos: dict[str, np.ndarray] | None  # "64x128" -> uint8 [64, 128, 3]; None without photos
+    class_pixels: np.ndarray  # int64 [num_classes]: pixel count per class at the top resolution
+
+
+class LabelMapper:
+    """Source label image -> class indices, with the schema's lookup tables built once."""
+
+    def __init__(self, schema: LabelSchema, label_type: str):
+        self.schema = schema
+        self.label_type = label_type
+        self.id_table = schema.id_table()
+        self.color_keys, self.color_classes = schema.color_table()
+
+    def __call__(self, image: Image.Image, path: str) -> np.ndarray:
+        if self.label_type == "ids":
+            return self._from_ids(image, path)
+        return self._from_colors(image, path)
+
+    def _from_ids(self, image: Image.Image, path: str) -> np.ndarray:
+        if image.mode not in ID_LABEL_MODES:
+            raise BadInput(path, f"label image is {image.mode}, but label type 'ids' needs one channel "
+                                 "(use --label-type color for colour-coded labels)")
+        ids = np.asarray(image)
+        if ids.dtype == np.uint8:  # the usual case: the table covers every 8-bit value
+            classes = self.id_table[ids]
+            bad = classes == INVALID
+        else:  # 16/32-bit ids: values past the table's end are outside the schema too
+            ids = ids.astype(np.int64)
+            inside = (ids >= 0) & (ids < len(self.id_table))
+            classes = self.id_table[np.where(inside, ids, 0)]
+            bad = ~inside | (classes == INVALID)
+        if bad.any():
+            values = np.unique(ids[bad])
+            shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+            raise BadInput(path, f"label ids outside schema '{self.schema.name}': {shown} ({int(bad.sum())} pixels)")
+        return classes
+
+    def _from_colors(self, image: Image.Image, path: str) -> np.ndarray:
+        if image.mode not in COLOR_LABEL_MODES:
+            raise BadInput(path, f"label image is {image.mode}, but label type 'color' needs RGB "
+                                 "(use --label-type ids for single-channel id labels)")
+        rgb = np.asarray(image.convert("RGB")).astype(np.uint32)
+        packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        position = np.searchsorted(self.color_keys, packed).clip(0, len(self.color_keys) - 1)
+        known = self.color_keys[position] == packed
+        if not known.all():
+            values = np.unique(packed[~known])
+            shown = ", ".join(f"({v >> 16},{(v >> 8) & 255},{v & 255})" for v in values[:5])
+            shown += ", ..." if len(values) > 5 else ""
+            raise BadInput(path, f"label colours outside schema '{self.schema.name}': {shown} "
+                                 f"({int((~known).sum())} pixels)")
+        return self.color_classes[position]
+
+
+def decode_image(data: bytes, path: str, kind: str) -> Image.Image:
+    """Decode every pixel now, so a truncated or corrupt file fails here, with its path."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # Pillow raises many types for bad files; all mean "unreadable"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(path, f"unreadable {kind} image ({message})") from None
+    return image
+
+
+def centre_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centred 1:2 window (see the module docstring)."""
+    new_height = min(height, width // 2)
+    new_width = 2 * new_height
+    top = (height - new_height) // 2
+    left = (width - new_width) // 2
+    return left, top, left + new_width, top + new_height
+
+
+def nearest_indices(source: int, target: int) -> np.ndarray:
+    """Source row (or column) under the centre of each target row: floor((2i+1) S / 2T)."""
+    return ((2 * np.arange(target) + 1) * source) // (2 * target)
+
+
+def downsample_label(classes: np.ndarray, resolution: Resolution) -> np.ndarray:
+    height, width = resolution
+    rows = nearest_indices(classes.shape[0], height)
+    cols = nearest_indices(classes.shape[1], width)
+    return np.ascontiguousarray(classes[rows[:, None], cols[None, :]])
+
+
+def downsample_photo(photo: Image.Image, resolution: Resolution) -> np.ndarray:
+    height, width = resolution
+    if photo.size == (width, height):
+        return np.asarray(photo, dtype=np.uint8)
+    resized = photo.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+class SamplePreparer:
+    """Prepares samples of one source with fixed settings (tables built once per worker)."""
+
+    def __init__(self, settings: PrepareSettings, source_fs: pafs.FileSystem, display):
+        self.settings = settings
+        self.schema = LabelSchema.from_dict(settings.schema)
+        self.mapper = LabelMapper(self.schema, settings.label_type)
+        self.fs = source_fs
+        self.display = display  # filesystem path -> the path a user recognises
+
+    def read(self, path: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                return stream.read()
+        except OSError as exc:
+            raise BadInput(self.display(path), f"cannot read file ({str(exc).strip().splitlines()[0]})") from None
+
+    def prepare(self, split: str, sample_id: str, label_path: str, photo_path: str | None) -> PreparedSample:
+        label_name = self.display(label_path)
+        label = decode_image(self.read(label_path), label_name, "label")
+        if label.format != "PNG":
+            raise BadInput(label_name, f"label is {label.format}, not PNG (lossy formats change class ids)")
+        photo = None
+        if photo_path is not None:
+            photo_name = self.display(photo_path)
+            photo = decode_image(self.read(photo_path), photo_name, "photo")
+            if photo.mode not in PHOTO_MODES:
+                raise BadInput(photo_name, f"photo mode {photo.mode} is not 8-bit colour or grey")
+            if photo.size != label.size:
+                raise BadInput(
+                    label_name,
+                    f"label {_size(label)} and photo {photo_name} {_size(photo)} differ in size",
+                )
+
+        width, height = label.size
+        if width != 2 * height:
+            if not self.settings.crop_to_aspect:
+                raise BadInput(label_name, f"wrong aspect ratio: {height}x{width} is not h x 2h "
+                                           "(--crop-to-aspect cuts the centre 1:2 window)")
+            box = centre_crop_box(height, width)
+            label = label.crop(box)
+            photo = photo.crop(box) if photo is not None else None
+            width, height = label.size
+
+        top = self.settings.resolutions[-1]
+        if height < top[0]:
+            raise BadInput(label_name, f"too small: {height}x{width} is smaller than the requested "
+                                       f"resolution {format_resolution(top)}")
+
+        classes = self.mapper(label, label_name)
+        labels = {format_resolution(r): downsample_label(classes, r) for r in self.settings.resolutions}
+        photos = None
+        if photo is not None:
+            photo_rgb = photo.convert("RGB")
+            photos = {format_resolution(r): downsample_photo(photo_rgb, r) for r in self.settings.resolutions}
+        class_pixels = np.bincount(labels[format_resolution(top)].ravel(), minlength=self.schema.num_classes)
+        return PreparedSample(sample_id, split, labels, photos, class_pixels.astype(np.int64))
+
+
+def _size(image: Image.Image) -> str:
+    width, height = image.size
+    return f"{height}x{width}"

@@ -1,0 +1,174 @@
+"""Parts of the store: which samples go in which Parquet file, and building one file.
+
+The driver cuts each split's sorted candidates into consecutive shards of `rows_per_file`
+samples; shard i of split s becomes `data/<key>/<s>/part-<i>.parquet`. The cut depends only
+on the candidates and the settings, never on how many workers run, so the store is the same
+whatever the parallelism. `build_shard` is what a Ray Data task runs for one shard: prepare
+each sample (pipeline.prepare), write the part in one atomic step, and return a small
+summary (rows, class pixels, rejects) for the manifest. The summary is also stored in the
+part's Parquet footer, so a rerun reuses a finished part by reading its footer alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.fs import join, write_bytes_atomically
+from pipeline.prepare import BadInput, PrepareSettings, PreparedSample, SamplePreparer
+from pipeline.resolution import format_resolution
+from pipeline.sources import Candidate, display_path
+from pipeline.store import StoreError, arrow_schema, label_column, parquet_bytes, photo_column
+
+PART_METADATA_KEY = b"crn.part"
+
+# A part holds about this many bytes of raw pixels: big enough for efficient Parquet reads,
+# small enough that a worker holds a few of them at once without trouble.
+TARGET_PART_BYTES = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class Shard:
+    split: str
+    index: int
+    path: str  # relative to the store root
+    samples: tuple[Candidate, ...]
+
+    def digest(self) -> str:
+        """Names the inputs of this part: a reused part must have been built from these."""
+        text = json.dumps([c.to_dict() for c in self.samples], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def to_row(self) -> dict:
+        return {"shard": json.dumps({"split": self.split, "index": self.index, "path": self.path,
+                                     "samples": [c.to_dict() for c in self.samples]})}
+
+    @staticmethod
+    def from_row(row: dict) -> "Shard":
+        d = json.loads(row["shard"])
+        return Shard(d["split"], d["index"], d["path"], tuple(Candidate(**c) for c in d["samples"]))
+
+
+def rows_per_file_for(resolutions, with_photos: bool) -> int:
+    """Default part size: about TARGET_PART_BYTES of raw label (and photo) pixels."""
+    bytes_per_row = sum(h * w * (4 if with_photos else 1) for h, w in resolutions)
+    return int(max(1, min(4096, TARGET_PART_BYTES // bytes_per_row)))
+
+
+def plan_shards(candidates: list[Candidate], splits: list[str], rows_per_file: int, data_dir: str) -> list[Shard]:
+    shards = []
+    for split in splits:
+        in_split = [c for c in candidates if c.split == split]  # already sorted by sample id
+        for index, start in enumerate(range(0, len(in_split), rows_per_file)):
+            path = join(data_dir, split, f"part-{index:05d}.parquet")
+            shards.append(Shard(split, index, path, tuple(in_split[start:start + rows_per_file])))
+    return shards
+
+
+def build_shard(
+    row: dict,
+    *,
+    settings: dict,
+    source_fs: pafs.FileSystem,
+    source_uri: str,
+    store_fs: pafs.FileSystem,
+    store_root: str,
+) -> dict:
+    """Ray Data `map` function: one shard row in, one summary row out (JSON text).
+
+    The summary has "error" instead of the counts when the part could not be written.
+    """
+    shard = Shard.from_row(row)
+    target = join(store_root, shard.path)
+    summary = _finished_part_summary(store_fs, target, shard)
+    if summary is None:
+        try:
+            summary = _build(shard, _settings_from_dict(settings), source_fs, source_uri, store_fs, target)
+        except StoreError as exc:
+            # Reported, not raised: the other parts still get written (a rerun then has
+            # less to do), and the driver turns it into one line instead of a Ray traceback.
+            summary = {"split": shard.split, "index": shard.index, "error": str(exc)}
+    return {"summary": json.dumps(summary)}
+
+
+def _build(shard: Shard, settings: PrepareSettings, source_fs, source_uri, store_fs, target) -> dict:
+    preparer = SamplePreparer(settings, source_fs, lambda path: display_path(source_uri, path))
+    prepared: list[PreparedSample] = []
+    rejects = []
+    for c in shard.samples:
+        try:
+            prepared.append(preparer.prepare(c.split, c.sample_id, c.label, c.photo))
+        except BadInput as bad:
+            rejects.append({"path": bad.path, "reason": bad.reason})
+    class_pixels = np.zeros(preparer.schema.num_classes, dtype=np.int64)
+    for sample in prepared:
+        class_pixels += sample.class_pixels
+    summary = {
+        "split": shard.split,
+        "index": shard.index,
+        "path": shard.path if prepared else None,
+        "rows": len(prepared),
+        "bytes": 0,
+        "class_pixels": class_pixels.tolist(),
+        "rejects": rejects,
+        "inputs": shard.digest(),
+        "reused": False,
+    }
+    if prepared:
+        table = _to_table(prepared, [format_resolution(r) for r in settings.resolutions])
+        stored_summary = {**summary, "reused": True}  # what a later run will read back
+        table = table.replace_schema_metadata({PART_METADATA_KEY: json.dumps(stored_summary)})
+        data = parquet_bytes(table)
+        try:
+            write_bytes_atomically(store_fs, target, data)
+        except OSError as exc:
+            raise StoreError(f"cannot write {target}: {str(exc).strip().splitlines()[0]}") from None
+        summary["bytes"] = len(data)
+    return summary
+
+
+def _to_table(samples: list[PreparedSample], resolutions: list[str]) -> pa.Table:
+    columns: dict[str, list] = {
+        "sample_id": [s.sample_id for s in samples],
+        "split": [s.split for s in samples],
+    }
+    for resolution in resolutions:
+        columns[label_column(resolution)] = [s.labels[resolution].tobytes() for s in samples]
+        columns[photo_column(resolution)] = [
+            s.photos[resolution].tobytes() if s.photos is not None else None for s in samples
+        ]
+    return pa.table(columns, schema=arrow_schema(resolutions))
+
+
+def _finished_part_summary(store_fs: pafs.FileSystem, target: str, shard: Shard) -> dict | None:
+    """The stored summary of a complete part built from the same inputs, else None.
+
+    A part that is missing, unreadable (say, cut short on a filesystem without atomic
+    rename) or built from other inputs is rebuilt and overwritten.
+    """
+    try:
+        if store_fs.get_file_info(target).type != pafs.FileType.File:
+            return None
+        with store_fs.open_input_file(target) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        size = store_fs.get_file_info(target).size
+        summary = json.loads(metadata.metadata[PART_METADATA_KEY])
+    except Exception:  # any failure to read it back means: build it again
+        return None
+    if summary.get("inputs") != shard.digest() or metadata.num_rows != summary.get("rows"):
+        return None
+    return {**summary, "bytes": size}
+
+
+def _settings_from_dict(d: dict) -> PrepareSettings:
+    return PrepareSettings(
+        label_type=d["label_type"],
+        schema=d["schema"],
+        resolutions=tuple(tuple(r) for r in d["resolutions"]),
+        crop_to_aspect=d["crop_to_aspect"],
+    )

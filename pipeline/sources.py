@@ -1,0 +1,303 @@
+"""Source readers: find the (label, photo) pairs of a data set, by paths only.
+
+Scanning lists files and pairs them by name; it opens no image (the Ray Data stage does
+that, in parallel). What can be judged from names alone is judged here and becomes a
+reject with its path and reason: a photo without a label and the reverse, a file that is
+not an image of the layout, two samples with the same id.
+
+Layouts (`root` is a local folder or an s3:// prefix):
+- `cityscapes`: `leftImg8bit/<split>/<city>/<id>_leftImg8bit.png` with
+  `gtFine/<split>/<city>/<id>_gtFine_labelIds.png` (label type `ids`) or
+  `<id>_gtFine_color.png` (`color`). Sample id: `<id>`, e.g. `aachen_000000_000019`.
+  gtFine's other files (instanceIds, labelTrainIds, polygons, the unused label type) are
+  expected there and skipped.
+- `gta5` and `paired`: `images/` and `labels/` with matching relative paths less the
+  extension (`images/00001.png` with `labels/00001.png`), either at the root (one split) or
+  under `<split>/images`, `<split>/labels`. Photos may be PNG or JPEG, labels are PNG.
+  Sample id: the relative path less the extension. GTA5 labels are colour-coded.
+- `labels-only`: label PNGs only (for synthesis), under `<split>/labels/`, else `labels/`,
+  else the root itself.
+Names starting with "." (.DS_Store, our own temporary files) are skipped everywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.fs as pafs
+
+from pipeline.fs import filesystem_for, is_s3
+
+FORMATS = ("cityscapes", "gta5", "paired", "labels-only")
+LABEL_TYPES = ("ids", "color")
+DEFAULT_LABEL_TYPE = {"cityscapes": "ids", "gta5": "color", "paired": "ids", "labels-only": "ids"}
+DEFAULT_SPLITS = {"cityscapes": ("train", "val")}
+
+PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg")
+LABEL_EXTENSIONS = (".png",)
+
+CITYSCAPES_PHOTO_SUFFIX = "_leftImg8bit.png"
+CITYSCAPES_LABEL_SUFFIX = {"ids": "_gtFine_labelIds.png", "color": "_gtFine_color.png"}
+CITYSCAPES_GTFINE_COMPANIONS = (
+    "_gtFine_labelIds.png",
+    "_gtFine_color.png",
+    "_gtFine_instanceIds.png",
+    "_gtFine_labelTrainIds.png",
+    "_gtFine_polygons.json",
+)
+
+
+class SourceError(ValueError):
+    """The source as a whole cannot be read (missing folder, unknown layout): one line."""
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    """One sample to decode: paths are inside the source filesystem."""
+
+    split: str
+    sample_id: str
+    label: str
+    photo: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, order=True)
+class Reject:
+    """An input left out of the store, with the user-facing path and the reason."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass
+class SourceScan:
+    """What a scan found: candidates sorted by (split, sample id), rejects, a fingerprint."""
+
+    candidates: list[Candidate]
+    rejects: list[Reject]
+    fingerprint: str
+    num_files: int
+    splits: list[str]
+    filesystem: pafs.FileSystem = field(repr=False)
+    root: str = ""
+
+
+def display_path(root_uri: str, fs_path: str) -> str:
+    """The path a user recognises: s3://bucket/key or the absolute local path."""
+    return "s3://" + fs_path if is_s3(root_uri) else fs_path
+
+
+def scan_source(uri: str, fmt: str, label_type: str, splits: list[str] | None) -> SourceScan:
+    """List and pair the files of `uri` in layout `fmt`; raise SourceError if it is unusable."""
+    if fmt not in FORMATS:
+        raise SourceError(f"unknown source format '{fmt}' (one of: {', '.join(FORMATS)})")
+    if label_type not in LABEL_TYPES:
+        raise SourceError(f"unknown label type '{label_type}' (one of: {', '.join(LABEL_TYPES)})")
+    try:
+        fs, root = filesystem_for(uri)
+        info = fs.get_file_info(root)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"source {uri}: cannot be reached ({_first_line(exc)})") from None
+    if info.type != pafs.FileType.Directory:
+        raise SourceError(f"source {uri}: no such folder")
+    scanner = _Scanner(fs, root, uri)
+    if fmt == "cityscapes":
+        splits = list(splits or DEFAULT_SPLITS["cityscapes"])
+        for split in splits:
+            scanner.scan_cityscapes_split(split, label_type)
+    else:
+        folders = scanner.split_folders(fmt, splits)
+        for split, (label_dir, photo_dir) in folders.items():
+            scanner.scan_paired_split(split, label_dir, photo_dir)
+        splits = list(folders)
+    return scanner.finish(splits)
+
+
+class _Scanner:
+    def __init__(self, fs: pafs.FileSystem, root: str, uri: str):
+        self.fs, self.root, self.uri = fs, root, uri
+        self.candidates: list[Candidate] = []
+        self.rejects: list[Reject] = []
+        self.fingerprinted: dict[str, pafs.FileInfo] = {}
+
+    # ---- listing ----
+
+    def is_dir(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.Directory
+
+    def list_files(self, folder: str) -> dict[str, pafs.FileInfo]:
+        """Files under `folder` (recursively), keyed by path relative to it; dotfiles skipped."""
+        selector = pafs.FileSelector(folder, recursive=True)
+        files = {}
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File:
+                continue
+            relative = posixpath.relpath(info.path, folder)
+            if any(part.startswith(".") for part in relative.split("/")):
+                continue
+            files[relative] = info
+        return files
+
+    def reject(self, info: pafs.FileInfo, reason: str) -> None:
+        self.fingerprinted[info.path] = info
+        self.rejects.append(Reject(display_path(self.uri, info.path), reason))
+
+    def add(self, split: str, sample_id: str, label: pafs.FileInfo, photo: pafs.FileInfo | None) -> None:
+        self.fingerprinted[label.path] = label
+        if photo is not None:
+            self.fingerprinted[photo.path] = photo
+        self.candidates.append(Candidate(split, sample_id, label.path, photo.path if photo else None))
+
+    # ---- Cityscapes ----
+
+    def scan_cityscapes_split(self, split: str, label_type: str) -> None:
+        photo_dir = posixpath.join(self.root, "leftImg8bit", split)
+        label_dir = posixpath.join(self.root, "gtFine", split)
+        for folder in (photo_dir, label_dir):
+            if not self.is_dir(folder):
+                raise SourceError(
+                    f"source {self.uri}: split '{split}' not found (no folder {display_path(self.uri, folder)}); "
+                    "choose splits with --splits"
+                )
+        label_suffix = CITYSCAPES_LABEL_SUFFIX[label_type]
+        photos: dict[str, pafs.FileInfo] = {}
+        for relative, info in self.list_files(photo_dir).items():
+            if relative.endswith(CITYSCAPES_PHOTO_SUFFIX):
+                photos[relative[: -len(CITYSCAPES_PHOTO_SUFFIX)]] = info
+            else:
+                self.reject(info, f"not a Cityscapes photo (expected *{CITYSCAPES_PHOTO_SUFFIX})")
+        labels: dict[str, pafs.FileInfo] = {}
+        for relative, info in self.list_files(label_dir).items():
+            if relative.endswith(label_suffix):
+                labels[relative[: -len(label_suffix)]] = info
+            elif not relative.endswith(CITYSCAPES_GTFINE_COMPANIONS):
+                self.reject(info, f"not a Cityscapes label (expected *{label_suffix})")
+        for key in sorted(photos.keys() | labels.keys()):
+            photo, label = photos.get(key), labels.get(key)
+            if label is None:
+                expected = posixpath.join(label_dir, key + label_suffix)
+                self.reject(photo, f"photo has no label (expected {display_path(self.uri, expected)})")
+            elif photo is None:
+                expected = posixpath.join(photo_dir, key + CITYSCAPES_PHOTO_SUFFIX)
+                self.reject(label, f"label has no photo (expected {display_path(self.uri, expected)})")
+            else:
+                self.add(split, posixpath.basename(key), label, photo)
+
+    # ---- images/ + labels/ folders ----
+
+    def split_folders(self, fmt: str, splits: list[str] | None) -> dict[str, tuple[str, str | None]]:
+        """{split: (label folder, photo folder or None)} for the flat layouts."""
+        wants_photos = fmt != "labels-only"
+        by_split = {}
+        names = splits or sorted(
+            info.base_name
+            for info in self.fs.get_file_info(pafs.FileSelector(self.root))
+            if info.type == pafs.FileType.Directory and not info.base_name.startswith(".")
+        )
+        for split in names:
+            label_dir = posixpath.join(self.root, split, "labels")
+            if self.is_dir(label_dir):
+                by_split[split] = (label_dir, posixpath.join(self.root, split, "images") if wants_photos else None)
+        if by_split:
+            missing = [s for s in (splits or []) if s not in by_split]
+            if missing:
+                raise SourceError(f"source {self.uri}: split '{missing[0]}' not found (no {missing[0]}/labels)")
+            return by_split
+        if splits and len(splits) > 1:
+            raise SourceError(
+                f"source {self.uri}: has no <split>/labels folders, so it holds one split; "
+                "name it with one --splits value"
+            )
+        split = splits[0] if splits else "train"
+        label_dir = posixpath.join(self.root, "labels")
+        if self.is_dir(label_dir):
+            return {split: (label_dir, posixpath.join(self.root, "images") if wants_photos else None)}
+        if not wants_photos:
+            return {split: (self.root, None)}
+        raise SourceError(f"source {self.uri}: no labels/ folder (layout '{fmt}' needs images/ and labels/)")
+
+    def scan_paired_split(self, split: str, label_dir: str, photo_dir: str | None) -> None:
+        labels = self._by_stem(label_dir, LABEL_EXTENSIONS, "label")
+        if photo_dir is None:
+            for stem in sorted(labels):
+                self.add(split, stem, labels[stem], None)
+            return
+        if not self.is_dir(photo_dir):
+            raise SourceError(f"source {self.uri}: no images/ folder beside {display_path(self.uri, label_dir)}")
+        photos = self._by_stem(photo_dir, PHOTO_EXTENSIONS, "photo")
+        for stem in sorted(photos.keys() | labels.keys()):
+            photo, label = photos.get(stem), labels.get(stem)
+            if label is None:
+                self.reject(photo, f"photo has no label (expected {display_path(self.uri, label_dir)}/{stem}.png)")
+            elif photo is None:
+                self.reject(label, f"label has no photo (expected {display_path(self.uri, photo_dir)}/{stem}.*)")
+            else:
+                self.add(split, stem, label, photo)
+
+    def _by_stem(self, folder: str, extensions: tuple[str, ...], kind: str) -> dict[str, pafs.FileInfo]:
+        found: dict[str, pafs.FileInfo] = {}
+        for relative, info in sorted(self.list_files(folder).items()):
+            stem, extension = posixpath.splitext(relative)
+            if extension.lower() not in extensions:
+                self.reject(info, f"not a {kind} image file (expected {' or '.join(extensions)})")
+            elif stem in found:  # images/a.png and images/a.jpg
+                self.reject(info, f"duplicate sample id '{stem}' (also {display_path(self.uri, found[stem].path)})")
+            else:
+                found[stem] = info
+        return found
+
+    # ---- result ----
+
+    def finish(self, splits: list[str]) -> SourceScan:
+        # Sample ids name rows across the whole store: the first (by split, then path) wins.
+        kept: dict[str, Candidate] = {}
+        for candidate in sorted(self.candidates, key=lambda c: (splits.index(c.split), c.label)):
+            if candidate.sample_id in kept:
+                first = kept[candidate.sample_id]
+                for path in filter(None, (candidate.label, candidate.photo)):
+                    self.rejects.append(
+                        Reject(
+                            display_path(self.uri, path),
+                            f"duplicate sample id '{candidate.sample_id}' "
+                            f"(kept {display_path(self.uri, first.label)} in split '{first.split}')",
+                        )
+                    )
+            else:
+                kept[candidate.sample_id] = candidate
+        candidates = sorted(kept.values())
+        return SourceScan(
+            candidates=candidates,
+            rejects=sorted(self.rejects),
+            fingerprint=self._fingerprint(),
+            num_files=len(self.fingerprinted),
+            splits=splits,
+            filesystem=self.fs,
+            root=self.root,
+        )
+
+    def _fingerprint(self) -> str:
+        """sha256 over (relative path, size, mtime) of every file the scan looked at.
+
+        Sizes and modification times, not contents: reading every byte on the driver would
+        cost as much as the job. Unchanged files give the same fingerprint, hence the same
+        data folder, which is what lets a rerun finish an interrupted write.
+        """
+        digest = hashlib.sha256()
+        for path in sorted(self.fingerprinted):
+            info = self.fingerprinted[path]
+            relative = posixpath.relpath(path, self.root)
+            mtime = info.mtime_ns if info.mtime_ns is not None else 0
+            digest.update(f"{relative}\t{info.size}\t{mtime}\n".encode())
+        return "sha256:" + digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,291 @@
+"""The multi-resolution store: Parquet parts plus a manifest, in a folder or an s3:// prefix.
+
+Layout:
+
+    <store>/manifest.json                           written last, atomically
+    <store>/data/<key>/<split>/part-00000.parquet   one set of parts per split
+
+Columns (docs/contracts.md): `sample_id` (string), `split` (string), and for each resolution,
+smallest first, `label_<H>x<W>` (binary: H*W uint8 class indices, C order) and
+`photo_<H>x<W>` (binary: H*W*3 uint8 RGB; null for label-only sources). Rows are sorted by
+sample id within a split, across the listed parts in order. Each resolution is its own
+column chunks, so reading one resolution reads only its bytes.
+
+Atomicity: the manifest is the store. It names its part files, and it is written only after
+every part is complete, in one step (temp file + rename locally, one object upload on S3).
+Readers open the manifest first, so they see the old store or the new one, never a mix.
+`<key>` is a digest of the source fingerprint and the job's settings: a rerun over the same
+sources writes the same parts into the same folder (finishing an interrupted run), and a
+changed source writes a new folder while the old manifest's parts stay readable.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.fs import filesystem_for, join, read_bytes, write_bytes_atomically
+from pipeline.resolution import Resolution, format_resolution, parse_resolution
+from pipeline.schema import LabelSchema
+
+STORE_FORMAT = "crn-store/1"
+MANIFEST_NAME = "manifest.json"
+
+
+class StoreError(Exception):
+    """A store that is missing, unreadable or cannot be written (one-line message)."""
+
+
+def label_column(resolution: str) -> str:
+    return f"label_{resolution}"
+
+
+def photo_column(resolution: str) -> str:
+    return f"photo_{resolution}"
+
+
+def arrow_schema(resolutions: Sequence[str]) -> pa.Schema:
+    fields = [pa.field("sample_id", pa.string(), nullable=False), pa.field("split", pa.string(), nullable=False)]
+    for resolution in resolutions:
+        fields.append(pa.field(label_column(resolution), pa.binary(), nullable=False))
+        fields.append(pa.field(photo_column(resolution), pa.binary()))
+    return pa.schema(fields)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """Serialise one part. Settings chosen for raw pixel columns: no dictionary encoding or
+    statistics on the binary columns (useless there), zstd (label maps shrink ~50x)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        use_dictionary=["sample_id", "split"],
+        write_statistics=["sample_id", "split"],
+    )
+    return sink.getvalue().to_pybytes()
+
+
+# ---------------------------------------------------------------- writing the manifest
+
+
+def check_destination(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, root) of a store we can write, or StoreError naming the problem.
+
+    A tiny probe file is written and removed, so an unreachable endpoint, a missing bucket
+    or a read-only folder stop the job before any work is done.
+    """
+    try:
+        fs, root = filesystem_for(uri)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    probe = join(root, ".crn-write-probe")
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(root, exist_ok=True)
+        write_bytes_atomically(fs, probe, b"probe")
+        fs.delete_file(probe)
+    except OSError as exc:
+        raise StoreError(f"cannot write to {uri}: {_first_line(exc)}") from None
+    return fs, root
+
+
+def write_manifest(fs: pafs.FileSystem, root: str, manifest: dict) -> None:
+    data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    try:
+        write_bytes_atomically(fs, join(root, MANIFEST_NAME), data)
+    except OSError as exc:
+        raise StoreError(f"cannot write {join(root, MANIFEST_NAME)}: {_first_line(exc)}") from None
+
+
+def read_manifest(fs: pafs.FileSystem, root: str, uri: str) -> dict:
+    path = join(root, MANIFEST_NAME)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:
+        raise StoreError(f"cannot reach store {uri}: {_first_line(exc)}") from None
+    if info.type != pafs.FileType.File:
+        raise StoreError(
+            f"no store at {uri}: {MANIFEST_NAME} is missing (never preprocessed, or the write did not finish)"
+        )
+    try:
+        manifest = json.loads(read_bytes(fs, path))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"store {uri}: unreadable {MANIFEST_NAME} ({_first_line(exc)})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        raise StoreError(f"store {uri}: {MANIFEST_NAME} is not a {STORE_FORMAT} manifest")
+    return manifest
+
+
+# ---------------------------------------------------------------- reading
+
+
+def open_store(uri: str | os.PathLike, filesystem: pafs.FileSystem | None = None) -> "Store":
+    """Open a complete store; StoreError (one line) if there is none at `uri`.
+
+    `filesystem` replaces the one `filesystem_for(uri)` would choose (then `uri` is the path
+    inside it); tests use it to count the bytes a read touches.
+    """
+    if filesystem is None:
+        try:
+            fs, root = filesystem_for(uri)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+    else:
+        fs, root = filesystem, str(uri)
+    return Store(str(uri), fs, root, read_manifest(fs, root, str(uri)))
+
+
+@dataclass
+class Store:
+    uri: str
+    filesystem: pafs.FileSystem = field(repr=False)
+    root: str
+    manifest: dict = field(repr=False)
+
+    @property
+    def schema(self) -> LabelSchema:
+        return LabelSchema.from_dict(self.manifest["schema"])
+
+    @property
+    def resolutions(self) -> list[str]:
+        """Resolutions held, smallest first, as "HxW" strings."""
+        return list(self.manifest["resolutions"])
+
+    @property
+    def top_resolution(self) -> str:
+        return self.resolutions[-1]
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    @property
+    def has_photos(self) -> bool:
+        return bool(self.manifest["has_photos"])
+
+    def count(self, split: str) -> int:
+        return int(self._split(split)["count"])
+
+    def files(self, split: str) -> list[str]:
+        """The split's part files as paths inside `self.filesystem`, in row order."""
+        return [join(self.root, part["path"]) for part in self._split(split)["files"]]
+
+    def resolution(self, resolution: str | Resolution) -> str:
+        """Normalise "64x128" / (64, 128) and check the store holds it."""
+        text = resolution if isinstance(resolution, str) else format_resolution(tuple(resolution))
+        if text not in self.resolutions:
+            raise StoreError(f"store {self.uri} has no resolution {text} (it has {', '.join(self.resolutions)})")
+        return text
+
+    def columns(self, resolution: str | Resolution) -> list[str]:
+        """The columns that hold one resolution (plus the sample id)."""
+        text = self.resolution(resolution)
+        columns = ["sample_id", label_column(text)]
+        if self.has_photos:
+            columns.append(photo_column(text))
+        return columns
+
+    def read_table(self, split: str, resolution: str | Resolution) -> pa.Table:
+        """The split at one resolution with plain pyarrow: columns `sample_id`,
+        `label_<HxW>` and (with photos) `photo_<HxW>`, rows sorted by sample id.
+
+        Only those columns' chunks are read (pre-buffering off: it would merge nearby byte
+        ranges and so also fetch small neighbouring columns).
+        """
+        columns = self.columns(resolution)
+        tables = []
+        for path in self.files(split):
+            try:
+                with self.filesystem.open_input_file(path) as handle:
+                    tables.append(pq.ParquetFile(handle, pre_buffer=False).read(columns=columns))
+            except OSError as exc:
+                raise StoreError(f"store {self.uri}: cannot read {path}: {_first_line(exc)}") from None
+        if not tables:
+            return arrow_schema(self.resolutions).empty_table().select(columns)
+        return pa.concat_tables(tables).replace_schema_metadata(None)  # drop the parts' own summaries
+
+    def dataset(self, split: str, resolution: str | Resolution):
+        """A Ray Dataset of {"sample_id": str, "label": uint8[H,W], "photo": uint8[H,W,3]}.
+
+        `photo` is left out for label-only stores. Rows come in no guaranteed order.
+        """
+        import ray.data
+
+        text = self.resolution(resolution)
+        files = self.files(split)
+        if not files:
+            raise StoreError(f"store {self.uri}: split '{split}' has no samples")
+        # Only this resolution's columns are read (projection pushdown). Ray's reader
+        # pre-buffers: it merges byte ranges less than 8 KiB apart into one request, so
+        # a tiny neighbouring column may come along; the bulk of other resolutions never does.
+        ds = ray.data.read_parquet(files, filesystem=self.filesystem).select_columns(self.columns(text))
+        return ds.map_batches(
+            decode_batch,
+            fn_kwargs={"resolution": text, "with_photos": self.has_photos},
+            batch_format="pyarrow",
+            zero_copy_batch=True,
+        )
+
+    def _split(self, split: str) -> dict:
+        if split not in self.manifest["splits"]:
+            raise StoreError(f"store {self.uri} has no split '{split}' (it has {', '.join(self.splits)})")
+        return self.manifest["splits"][split]
+
+
+# ---------------------------------------------------------------- decoding binary columns
+
+
+def decode_column(column: pa.Array | pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+    """A binary column of equally sized raw uint8 values -> one array [N, *shape]."""
+    if isinstance(column, pa.ChunkedArray):
+        chunks = [decode_column(chunk, shape) for chunk in column.chunks]
+        return np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.uint8)
+    if column.null_count:
+        raise StoreError(f"cannot decode a column with {column.null_count} missing values")
+    item_size = int(np.prod(shape))
+    offset_type = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    offsets = np.frombuffer(
+        column.buffers()[1],
+        dtype=offset_type,
+        count=len(column) + 1,
+        offset=column.offset * np.dtype(offset_type).itemsize,
+    )
+    if np.any(np.diff(offsets) != item_size):
+        raise StoreError(f"binary values are not all {item_size} bytes (expected shape {shape})")
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8) if len(column) else np.zeros(0, np.uint8)
+    return data[offsets[0]: offsets[-1]].reshape(len(column), *shape)
+
+
+def decode_labels(column, resolution: str) -> np.ndarray:
+    """`label_<HxW>` column -> uint8 [N, H, W] class indices."""
+    height, width = parse_resolution(resolution)
+    return decode_column(column, (height, width))
+
+
+def decode_photos(column, resolution: str) -> np.ndarray:
+    """`photo_<HxW>` column -> uint8 [N, H, W, 3] RGB."""
+    height, width = parse_resolution(resolution)
+    return decode_column(column, (height, width, 3))
+
+
+def decode_batch(batch: pa.Table, resolution: str, with_photos: bool) -> dict[str, np.ndarray]:
+    """Ray Data batch of one resolution's columns -> decoded numpy arrays (copies)."""
+    out = {
+        "sample_id": np.asarray(batch.column("sample_id").to_pylist(), dtype=object),
+        "label": decode_labels(batch.column(label_column(resolution)), resolution).copy(),
+    }
+    if with_photos:
+        out["photo"] = decode_photos(batch.column(photo_column(resolution)), resolution).copy()
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

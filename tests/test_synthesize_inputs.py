@@ -1,0 +1,128 @@
+"""Batch synthesis from a folder of label maps alone: bad files become rejects, a wrong schema an error.
+
+    .venv/bin/python -m pytest tests/test_synthesize_inputs.py -q
+
+References: Cityscapes label ids mapped to train ids by the official table and resized by
+nearest neighbour, both written out here by hand, then the model called directly
+(tests/synth_models.py). Real local Ray and MLflow.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from synth_models import TEST_NUM_OUTPUTS, make_test_checkpoint, reference_images
+
+from jobs.common import UserError, entrypoint
+from jobs.synthesize import config_from_argv, main, run
+from pipeline.cityscapes import LABELS
+from pipeline.schema import SchemaMismatch, load_schema
+
+HEIGHT, WIDTH = 32, 64  # crn-tiny's top resolution
+
+
+def train_ids(label_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes label ids -> class indices: the train id, or 19 (void) for the rest."""
+    table = np.full(256, 255, dtype=np.uint8)
+    for label in LABELS:
+        if label.id >= 0:
+            table[label.id] = label.train_id if 0 <= label.train_id < 19 else 19
+    return table[label_ids]
+
+
+def nearest(classes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest neighbour by pixel centres: output (i, j) takes source (floor((2i+1)H/2h), ...)."""
+    rows = [(2 * i + 1) * classes.shape[0] // (2 * height) for i in range(height)]
+    cols = [(2 * j + 1) * classes.shape[1] // (2 * width) for j in range(width)]
+    return classes[np.ix_(rows, cols)]
+
+
+@pytest.fixture(scope="module")
+def label_folder(tmp_path_factory):
+    """Good label maps (64x128 and 32x64 Cityscapes ids) and one of each kind of bad file."""
+    folder = tmp_path_factory.mktemp("label-maps")
+    rng = np.random.default_rng(3)
+    known_ids = np.array([label.id for label in LABELS if label.id >= 0], dtype=np.uint8)
+    good = {}
+    for name, (h, w) in {"street_a": (64, 128), "street_b": (64, 128), "street_c": (64, 128), "small_exact": (32, 64)}.items():
+        ids = known_ids[rng.integers(0, len(known_ids), size=(h // 8, w // 8))].repeat(8, 0).repeat(8, 1)
+        ids[rng.random((h, w)) < 0.1] = 26  # speckles of car, so nearest neighbour has detail to pick
+        Image.fromarray(ids).save(folder / f"{name}.png")
+        good[name] = nearest(train_ids(ids), HEIGHT, WIDTH)
+    good_png = (folder / "street_a.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good_png[: len(good_png) // 2])
+    Image.fromarray(np.full((32, 80), 7, np.uint8)).save(folder / "wide.png")
+    Image.fromarray(np.full((16, 32), 7, np.uint8)).save(folder / "tiny.png")
+    outside = np.full((32, 64), 7, np.uint8)
+    outside[5, 5] = 250
+    Image.fromarray(outside).save(folder / "outside.png")
+    (folder / "notes.txt").write_text("not a label map")
+    bad = {
+        "truncated.png": "unreadable label image",
+        "wide.png": "wrong aspect ratio: 32x80",
+        "tiny.png": "too small: 16x32",
+        "outside.png": "label ids outside schema 'cityscapes': 250 (1 pixels)",
+        "notes.txt": "not a label image file",
+    }
+    return folder, good, bad
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_test_checkpoint(tmp_path_factory.mktemp("inputs-model") / "model.pt", seed=4)
+
+
+def test_label_folder_bad_files_are_rejected_the_rest_synthesized(label_folder, checkpoint, tmp_path, ray_session, capsys):
+    folder, good, bad = label_folder
+    output = tmp_path / "out"
+    outcome = run(config_from_argv(["--model", str(checkpoint), "--labels", str(folder), "--output", str(output)]))
+
+    rejects = json.loads((output / "rejects.json").read_text())
+    assert sorted(Path(r["path"]).name for r in rejects) == sorted(bad)
+    for reject in rejects:
+        assert Path(reject["path"]).parent == folder
+        assert bad[Path(reject["path"]).name] in reject["reason"], reject
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("rejected ")]
+    assert len(printed) == len(bad) and all(str(folder) in line for line in printed)
+
+    rows = pq.read_table(output / "manifest.parquet").to_pylist()
+    assert [(r["sample_id"], r["variant"]) for r in rows] == [(s, k) for s in sorted(good) for k in range(TEST_NUM_OUTPUTS)]
+    names = sorted(good)
+    # Default settings: batches of 8 (these 4 maps padded to 8), every core on one actor.
+    expected = reference_images(checkpoint, np.stack([good[n] for n in names]), batch_size=8, threads=os.cpu_count())
+    for n, name in enumerate(names):
+        for k in range(TEST_NUM_OUTPUTS):
+            image = np.asarray(Image.open(output / "images" / name / f"{k}.png"))
+            np.testing.assert_array_equal(image, expected[n, k], err_msg=f"{name} variant {k}")
+    assert outcome.num_written == len(good) * TEST_NUM_OUTPUTS and len(outcome.rejects) == len(bad)
+
+
+def test_schema_mismatch_is_one_line_before_any_work(label_folder, tmp_path, capsys):
+    folder, _, _ = label_folder
+    schema = load_schema("cityscapes").to_dict()
+    schema["classes"][0]["name"] = "street"  # the same ids, but another class name
+    other = make_test_checkpoint(tmp_path / "renamed.pt", seed=5, schema=schema)
+    argv = ["--model", str(other), "--labels", str(folder), "--output", str(tmp_path / "out")]
+    with pytest.raises(SchemaMismatch, match="class 0 is 'street' vs 'road'"):
+        main(argv)
+    assert entrypoint(main)(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "label schema mismatch" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # checked on the driver: nothing started, nothing written
+
+
+def test_folder_problems_are_one_line(tmp_path, checkpoint):
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "readme.txt").write_text("nothing here")
+    common = ["--model", str(checkpoint), "--output", str(tmp_path / "out")]
+    with pytest.raises(UserError, match="no label maps"):
+        main([*common, "--labels", str(tmp_path / "maps")])
+    with pytest.raises(UserError, match="no such folder"):
+        main([*common, "--labels", str(tmp_path / "missing")])
+    with pytest.raises(UserError, match="unknown label schema 'nosuch'"):
+        main([*common, "--labels", str(tmp_path / "maps"), "--schema", "nosuch"])

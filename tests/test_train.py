@@ -1,0 +1,279 @@
+"""Distributed training end to end: real Ray Train fits on the toy store, real MLflow, real S3.
+
+    .venv/bin/python -m pytest tests/test_train.py -q -x
+
+Every fit is crn-tiny (top 32x64, K=2) with random VGG weights (named, so nothing is
+downloaded) on the 8 training samples of the `toy_store` fixture, for a few steps.
+References: the same Adam step computed by hand in this process (DDP), an uninterrupted
+run (resume, worker loss), `crn.losses.recalibrate` on the logged per-layer terms, the
+earlier stage's weights (progressive stages), and the checkpoint file itself (registry).
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import ray.train
+import torch
+from mlflow.tracking import MlflowClient
+
+from crn.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from crn.config import CRNConfig
+from crn.labels import one_hot
+from crn.losses import LAYER_WEIGHTS, CRNLoss, recalibrate
+from crn.model import CRN
+from crn.presets import make_config
+from crn.vgg import VGG19Features
+from jobs import train
+from jobs.common import entrypoint
+from jobs.model_registry import load_model
+from jobs.train_config import config_from_argv
+from jobs.train_loop import CHECKPOINT_FILE
+from pipeline.schema import load_schema
+from pipeline.store import decode_labels, decode_photos, label_column, open_store, photo_column
+
+EXPERIMENT = "test-train"
+NUM_CLASSES, K = 20, 2
+SEED = 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # The test process computes references next to Ray workers on 2 shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def tiny_argv(store, run_name: str, *extra: str) -> list[str]:
+    return ["--store", str(store), "--preset", "crn-tiny", "--num-outputs", str(K), "--vgg-weights", "random",
+            "--threads-per-worker", "1", "--run-name", run_name, "--experiment", EXPERIMENT, "--image-every", "0",
+            "--seed", str(SEED), *extra]
+
+
+def fit(argv: list[str]) -> train.TrainOutcome:
+    return train.run(config_from_argv(argv))
+
+
+def checkpoint_of(outcome: train.TrainOutcome) -> dict:
+    with outcome.checkpoint.as_directory() as folder:
+        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+
+
+def loss_steps(run_id: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient().get_metric_history(run_id, "loss"))
+
+
+# ---------------------------------------------------------------- bad input: one line, no workers
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num-workers", "4"], "4 worker(s) x 1 CPU plus 1 CPU for Ray Data need 5 CPUs; the Ray cluster has 4"),
+    (["--use-gpu"], "--use-gpu with 1 worker(s) needs 1 GPU(s); the Ray cluster has 0"),
+    (["--resolution", "64x128"], "--resolution 64x128: preset crn-tiny makes 32x64 images"),
+    (["--batch-size", "5", "--num-workers", "2"], "has 8 training samples: too few for 2 worker(s) x batch 5"),
+    (["--train-modules", "64x128"], "--train-modules '64x128': unknown module(s) 64x128"),
+])
+def test_bad_input_is_one_line_before_any_worker(toy_store, ray_session, capsys, extra, message):
+    code = entrypoint(train.main)(tiny_argv(toy_store, unique("bad"), *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_missing_store_and_uncached_imagenet_weights_are_one_line_errors(tmp_path, toy_store, capsys, monkeypatch):
+    code = entrypoint(train.main)(tiny_argv(tmp_path / "nowhere", unique("bad")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "manifest.json is missing" in err[0]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no cached ImageNet weights here
+    argv = tiny_argv(toy_store, unique("bad"))
+    argv[argv.index("random")] = "imagenet"
+    code = entrypoint(train.main)(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "VGG-19 ImageNet weights not found" in err[0]
+
+
+def test_earlier_stage_with_another_schema_is_refused(tmp_path, toy_store, capsys):
+    schema = load_schema("cityscapes").to_dict()
+    schema["name"], schema["classes"] = "three-classes", schema["classes"][:2]
+    earlier = CRN(CRNConfig(num_classes=3, widths=(64, 64, 64), num_outputs=K))
+    path = tmp_path / "other-schema.pt"
+    save_checkpoint(path, make_checkpoint(earlier, optimizer=None, step=0, epoch=0, loss_weights=[1.0] * 6,
+                                          label_schema=schema))
+    code = entrypoint(train.main)(tiny_argv(toy_store, unique("bad"), "--init-from", str(path)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "label schema mismatch" in err[0], err
+
+
+# ---------------------------------------------------------------- DDP
+
+
+def test_two_workers_make_the_update_of_one_step_on_the_combined_batch(toy_store, ray_session):
+    """2 ranks x batch 4 see the 8 training samples once; the reference takes one Adam step on all 8."""
+    outcome = fit(tiny_argv(toy_store, unique("ddp"), "--num-workers", "2", "--batch-size", "4", "--steps", "1"))
+    ddp = checkpoint_of(outcome)
+    assert ddp["step"] == 1
+
+    table = open_store(toy_store).read_table("train", "32x64")
+    labels = torch.from_numpy(decode_labels(table.column(label_column("32x64")), "32x64").copy()).long()
+    photos = torch.from_numpy(decode_photos(table.column(photo_column("32x64")), "32x64").copy())
+    onehot, real = one_hot(labels, NUM_CLASSES), photos.permute(0, 3, 1, 2).float()
+    torch.manual_seed(SEED)
+    model = CRN(make_config("crn-tiny", NUM_CLASSES, K))
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(SEED)
+    loss_fn = CRNLoss(VGG19Features("random"), LAYER_WEIGHTS["cityscapes-256p"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss, _ = loss_fn(model(onehot), real, onehot)
+    loss.backward()
+    optimizer.step()
+
+    # Adam's first moment after one step is (1 - beta1) * gradient: it shows the averaged
+    # gradient itself (the parameter update alone is nearly sign(gradient) and would not).
+    reference_moments = [optimizer.state[p]["exp_avg"] for p in model.parameters()]
+    ddp_moments = [ddp["optimizer"]["state"][i]["exp_avg"] for i in range(len(reference_moments))]
+    for ours, theirs in zip(ddp_moments, reference_moments):
+        torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-5 * theirs.abs().max().item())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(ddp["model"][key], value, rtol=0, atol=1e-6)
+    assert any(not torch.equal(ddp["model"][k], initial[k]) for k in initial), "the step changed nothing"
+
+
+# ---------------------------------------------------------------- resume and recalibration
+
+
+def test_rerun_after_a_stop_resumes_and_matches_an_uninterrupted_run(toy_store, ray_session):
+    """batch 2 on 8 samples: 4 steps per epoch. Checkpoint at step 3 (mid-epoch); the layer
+    weights are recalibrated after epoch 1 (step 4); 6 steps in all."""
+    schedule = ["--batch-size", "2", "--steps", "6", "--checkpoint-every", "3", "--log-every", "1",
+                "--recalibrate-after-epoch", "1"]
+    reference = fit(tiny_argv(toy_store, unique("whole"), *schedule))
+
+    stopped = tiny_argv(toy_store, unique("stopped"), *schedule, "--fault-at-step", "4", "--max-failures", "0")
+    with pytest.raises(ray.train.TrainingFailedError):
+        fit(stopped)  # the worker dies before step 4, after the checkpoint at step 3
+    resumed = fit(stopped)  # the same command again
+
+    assert resumed.final["resumed_from_step"] == 3 and resumed.final["step"] == 6
+    ours, theirs = checkpoint_of(resumed), checkpoint_of(reference)
+    assert ours["step"] == theirs["step"] == 6 and ours["epoch"] == theirs["epoch"] == 1
+    np.testing.assert_allclose(ours["loss_weights"], theirs["loss_weights"], rtol=1e-6)
+    for key, value in theirs["model"].items():
+        torch.testing.assert_close(ours["model"][key], value, rtol=1e-5, atol=1e-6)
+    # One MLflow run across both attempts, each step logged once.
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list",
+                              filter_string=f"tags.`crn.ray_run` LIKE '%/{stopped[stopped.index('--run-name') + 1]}'")
+    assert [r.info.run_id for r in runs] == [resumed.run_id]
+    assert loss_steps(resumed.run_id) == [1, 2, 3, 4, 5, 6]
+
+    # Recalibration (spec 3.3): the epoch-1 means of the logged per-layer terms divide the weights.
+    client = MlflowClient()
+    means = [np.mean([m.value for m in client.get_metric_history(reference.run_id, f"layer{i}") if m.step <= 4])
+             for i in range(6)]
+    np.testing.assert_allclose(theirs["loss_weights"], recalibrate(LAYER_WEIGHTS["cityscapes-256p"], means), rtol=1e-6)
+    assert theirs["loss_weights"] != list(LAYER_WEIGHTS["cityscapes-256p"])
+
+
+# ---------------------------------------------------------------- a lost worker
+
+
+def test_a_killed_worker_is_survived_from_the_last_checkpoint(toy_store, ray_session, s3_endpoint):
+    """2 ranks x batch 2: 2 steps per epoch. Rank 1 dies before step 3; the group restarts
+    from the step-2 checkpoint (in S3) and finishes the 4 steps."""
+    run_name = unique("fault")
+    outcome = fit(tiny_argv(toy_store, run_name, "--num-workers", "2", "--batch-size", "2", "--steps", "4",
+                            "--checkpoint-every", "2", "--log-every", "1", "--fault-at-step", "3",
+                            "--max-failures", "1", "--storage-path", "s3://test-bucket/ray-results"))
+    assert outcome.final["step"] == 4 and outcome.final["resumed_from_step"] == 2
+    assert checkpoint_of(outcome)["step"] == 4
+    assert outcome.checkpoint.path.startswith(f"test-bucket/ray-results/{run_name}/")
+    run = MlflowClient().get_run(outcome.run_id)
+    assert run.data.tags["crn.worker_failures"] == "1"
+    assert loss_steps(outcome.run_id) == [1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------- progressive stages
+
+
+def test_a_stage_starts_from_the_earlier_one_and_trains_only_named_modules(tmp_path, toy_store, ray_session):
+    """A 3-module stage (top 16x32) grows into crn-tiny (top 32x64); only 32x64 and the head learn."""
+    torch.manual_seed(123)
+    earlier = CRN(CRNConfig(num_classes=NUM_CLASSES, widths=(64, 64, 64), num_outputs=K))
+    path = tmp_path / "stage-16x32.pt"
+    save_checkpoint(path, make_checkpoint(earlier, optimizer=None, step=10, epoch=1, loss_weights=[1.0] * 6,
+                                          label_schema=load_schema("cityscapes").to_dict()))
+    outcome = fit(tiny_argv(toy_store, unique("stage"), "--batch-size", "2", "--steps", "2", "--init-from", str(path),
+                            "--train-modules", "32x64,head", "--activation-checkpointing"))
+    final = checkpoint_of(outcome)["model"]
+    torch.manual_seed(SEED)
+    fresh = CRN(make_config("crn-tiny", NUM_CLASSES, K)).state_dict()
+    for key, value in earlier.state_dict().items():
+        if key.startswith("modules_by_res."):
+            assert torch.equal(final[key], value), f"{key}: frozen module moved or was not loaded"
+    for key in fresh:
+        if key.startswith(("modules_by_res.32x64.", "head.")):
+            assert not torch.equal(final[key], fresh[key]), f"{key} did not learn"
+            assert final[key].shape == fresh[key].shape
+
+
+# ---------------------------------------------------------------- a short run: loss, MLflow, registry
+
+
+@pytest.fixture(scope="module")
+def short_run(toy_store, ray_session):
+    """3 epochs of 4 steps (batch 2), images every 4 steps."""
+    argv = tiny_argv(toy_store, unique("short"), "--batch-size", "2", "--epochs", "3", "--checkpoint-every", "4",
+                     "--log-every", "2")
+    argv[argv.index("--image-every") + 1] = "4"
+    return fit(argv)
+
+
+def test_the_loss_falls_on_the_toy_data(short_run):
+    history = {m.step: m.value for m in MlflowClient().get_metric_history(short_run.run_id, "loss")}
+    assert sorted(history) == list(range(1, 13))
+    first_epoch = np.mean([history[s] for s in range(1, 5)])
+    last_epoch = np.mean([history[s] for s in range(9, 13)])  # the same 8 samples, in another order
+    assert last_epoch < 0.8 * first_epoch, (first_epoch, last_epoch)
+
+
+def test_mlflow_holds_config_metrics_images_and_the_registered_candidate(short_run, toy_store):
+    client = MlflowClient()
+    run = client.get_run(short_run.run_id)
+    config = config_from_argv(tiny_argv(toy_store, "x"))
+    assert set(vars(config)) <= set(run.data.params), "every config field is a param"
+    assert run.data.params["preset"] == "crn-tiny" and run.data.params["vgg_weights"] == "random"
+    assert run.data.params["model.widths"] == "[64, 64, 64, 64]"
+    assert run.data.tags["crn.vgg_weights"] == "random"
+    assert {"loss", "layer0", "layer5", "steps_per_s", "samples_per_s"} <= set(run.data.metrics)
+    images = sorted(a.path for a in client.list_artifacts(short_run.run_id, "images"))
+    assert images == [f"images/step_{s:08d}.png" for s in (4, 8, 12)]
+
+    name = run.data.params["model_name"]
+    assert name.startswith("crn-") and name.endswith("-32x64")
+    assert client.get_model_version_by_alias(name, "candidate").version == short_run.model_version
+    registered = load_model(f"models:/{name}@candidate")
+    direct = model_from_checkpoint(checkpoint_of(short_run))
+    labels = torch.from_numpy(np.random.default_rng(3).integers(0, NUM_CLASSES, (2, 32, 64))).long()
+    with torch.no_grad():
+        torch.testing.assert_close(registered.model(one_hot(labels, NUM_CLASSES)), direct(one_hot(labels, NUM_CLASSES)),
+                                   rtol=0, atol=0)
+    assert registered.checkpoint["step"] == 12
+
+
+def test_a_registered_model_seeds_the_next_stage(short_run, toy_store):
+    """A K=1 stage from the registered K=2 model (models:/ URI): its modules, not its head."""
+    name = MlflowClient().get_run(short_run.run_id).data.params["model_name"]
+    plan = train.make_plan(config_from_argv(["--store", str(toy_store), "--preset", "crn-tiny", "--num-outputs", "1",
+                                             "--vgg-weights", "random", "--init-from", f"models:/{name}@candidate"]))
+    registered = load_model(f"models:/{name}@candidate").model.state_dict()
+    assert {k.split(".")[1] for k in plan.init_weights} == {"4x8", "8x16", "16x32", "32x64"}
+    for key, value in plan.init_weights.items():
+        assert torch.equal(value, registered[key])
+    assert mlflow.active_run() is None

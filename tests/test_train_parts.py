@@ -1,0 +1,174 @@
+"""The training job's parts that need no Ray: config, stages, memory options, metrics, pictures.
+
+    .venv/bin/python -m pytest tests/test_train_parts.py -q
+
+References: hand-built expectations (a digest that must not move, masks of which modules
+learn), the same computation without the option (activation checkpointing must not change
+gradients), and the formula (per-step averages over ranks).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crn.config import CRNConfig
+from crn.labels import one_hot
+from crn.losses import LAYER_WEIGHTS, CRNLoss
+from crn.model import CRN
+from crn.presets import make_config
+from crn.vgg import VGG19Features
+from jobs import train_stages
+from jobs.common import UserError
+from jobs.train_config import config_from_argv, resolve
+from jobs.train_loop import epoch_seed, train_step
+from jobs.train_tracking import average_over_ranks
+from jobs.visualize import colorize, image_grid, schema_palette
+from pipeline.schema import load_schema
+
+L = 20
+
+
+def tiny_batch(seed: int, batch: int = 2, size=(32, 64)):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, L, (batch, *size), generator=g)
+    photos = torch.rand(batch, 3, *size, generator=g) * 255
+    return one_hot(labels, L), photos
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_resolve_fills_recipe_defaults_and_a_stable_run_name(tmp_path):
+    config = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p"]))
+    assert (config.resolution, config.num_outputs, config.epochs) == ("256x512", 9, 200)
+    assert config.loss_weights == "cityscapes-256p" and config.lr == 1e-4 and config.batch_size == 1
+    config_512 = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-512p"]))
+    assert (config_512.num_outputs, config_512.epochs, config_512.loss_weights) == (1, 20, "cityscapes-512p")
+    again = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p", "--log-every", "7"]))
+    assert again.run_name == config.run_name, "operational flags must not change the run (resume key)"
+    other = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p", "--seed", "1"]))
+    assert other.run_name != config.run_name
+
+
+@pytest.mark.parametrize("flag, value", [("--num-workers", "0"), ("--batch-size", "0"), ("--steps", "-1")])
+def test_nonsense_flags_are_one_line_errors(tmp_path, flag, value):
+    with pytest.raises(UserError, match=flag):
+        config_from_argv(["--store", str(tmp_path), flag, value])
+
+
+# ---------------------------------------------------------------- progressive stages
+
+
+def test_train_modules_are_checked_and_freeze_the_rest():
+    config = make_config("crn-tiny", num_classes=L)
+    assert train_stages.parse_train_modules("all", config) == ["4x8", "8x16", "16x32", "32x64", "head"]
+    assert train_stages.parse_train_modules("head,32x64", config) == ["32x64", "head"]
+    with pytest.raises(UserError, match="64x128"):
+        train_stages.parse_train_modules("64x128,head", config)
+    model = CRN(config)
+    train_stages.freeze_all_but(model, ["32x64", "head"])
+    learning = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert learning == {n for n, _ in model.named_parameters() if n.startswith(("modules_by_res.32x64.", "head."))}
+    assert len(train_stages.trainable_parameters(model)) == len(learning)
+
+
+def test_earlier_stage_gives_shared_modules_but_never_the_head():
+    earlier = CRN(CRNConfig(num_classes=L, widths=(64, 64, 64), num_outputs=2))  # top 16x32
+    later_config = make_config("crn-tiny", num_classes=L, num_outputs=2)  # top 32x64
+    carried = train_stages.earlier_stage_weights(earlier.state_dict(), later_config, "earlier.pt")
+    assert {k.split(".")[1] for k in carried} == {"4x8", "8x16", "16x32"}
+    later = CRN(later_config)
+    train_stages.load_earlier_stage(later, carried)
+    for key, value in earlier.state_dict().items():
+        if key.startswith("modules_by_res."):
+            assert torch.equal(later.state_dict()[key], value)
+    assert not any(key.startswith("head.") for key in carried)
+
+
+def test_earlier_stage_with_other_classes_or_widths_is_refused():
+    earlier = CRN(CRNConfig(num_classes=L + 1, widths=(64, 64, 64), num_outputs=2))
+    with pytest.raises(UserError, match="modules_by_res.4x8.conv1.weight has shape"):
+        train_stages.earlier_stage_weights(earlier.state_dict(), make_config("crn-tiny", L), "other.pt")
+
+
+# ---------------------------------------------------------------- memory options
+
+
+def test_activation_checkpointing_leaves_loss_and_gradients_unchanged():
+    onehot, photos = tiny_batch(seed=1)
+    loss_fn = CRNLoss(VGG19Features("random"), LAYER_WEIGHTS["uncalibrated"])
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = CRN(make_config("crn-tiny", L, num_outputs=2))
+        if checkpointing:
+            train_stages.enable_activation_checkpointing(model)
+        loss, _ = loss_fn(model(onehot), photos, onehot)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()], set(model.state_dict())))
+    (loss_a, grads_a, keys_a), (loss_b, grads_b, keys_b) = results
+    assert keys_a == keys_b, "checkpointing must not rename parameters (checkpoints stay loadable)"
+    torch.testing.assert_close(loss_b, loss_a)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a)
+
+
+def test_bf16_step_is_close_to_fp32_and_updates_the_model():
+    # bfloat16 convolutions are slow on CPUs: a 16x32 model keeps this test short.
+    onehot, photos = tiny_batch(seed=2, batch=1, size=(16, 32))
+    loss_fn = CRNLoss(VGG19Features("random"), LAYER_WEIGHTS["uncalibrated"])
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = CRN(CRNConfig(num_classes=L, widths=(16, 16, 16), num_outputs=2))
+        before = model.head.weight.detach().clone()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        losses[precision], terms, fake = train_step(model, loss_fn, optimizer, onehot, photos, precision)
+        assert fake.shape == (1, 2, 3, 16, 32) and set(terms) == {f"layer{i}" for i in range(6)}
+        assert not torch.equal(model.head.weight, before)
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+# ---------------------------------------------------------------- data order and metrics
+
+
+def test_epoch_seeds_differ_by_epoch_and_rank_and_repeat():
+    seeds = {(e, r): epoch_seed(0, e, r) for e in range(3) for r in range(2)}
+    assert len(set(seeds.values())) == 6
+    assert epoch_seed(0, 1, 1) == seeds[(1, 1)]
+
+
+def test_per_step_metrics_are_averaged_over_ranks():
+    rank0 = {"history": [{"step": 1, "loss": 2.0, "layer0": 1.0}, {"step": 2, "loss": 4.0, "layer0": 3.0}]}
+    rank1 = {"history": [{"step": 1, "loss": 4.0, "layer0": 2.0}, {"step": 2, "loss": 8.0, "layer0": 5.0}]}
+    assert average_over_ranks([rank0, rank1]) == {1: {"loss": 3.0, "layer0": 1.5}, 2: {"loss": 6.0, "layer0": 4.0}}
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def test_colorize_uses_the_schema_colours():
+    schema = load_schema("cityscapes")
+    palette = schema_palette(schema)
+    assert palette.shape == (L, 3)
+    label = np.array([[0, 13], [19, 10]], dtype=np.uint8)  # road, car, void, sky
+    expected = [[schema.classes[0].colors[0], schema.classes[13].colors[0]],
+                [schema.void.colors[0], schema.classes[10].colors[0]]]
+    np.testing.assert_array_equal(colorize(label, palette), np.array(expected, dtype=np.uint8))
+    with pytest.raises(ValueError, match="class 20"):
+        colorize(np.array([[20]], dtype=np.uint8), palette)
+
+
+def test_image_grid_places_label_outputs_and_photo():
+    palette = schema_palette(load_schema("cityscapes"))
+    labels = np.zeros((2, 4, 8), dtype=np.uint8)
+    outputs = np.stack([np.full((3, 4, 8, 3), 10 * (k + 1), np.uint8) for k in range(2)])  # [B=2, K=3, ...]
+    photos = np.full((2, 4, 8, 3), 200, np.uint8)
+    grid = image_grid(labels, outputs, photos, palette)
+    gap = 2
+    assert grid.shape == (2 * 4 + gap, 5 * 8 + 4 * gap, 3)
+    np.testing.assert_array_equal(grid[0, 0], palette[0])
+    np.testing.assert_array_equal(grid[0, 8 + gap], [10, 10, 10])
+    np.testing.assert_array_equal(grid[4 + gap, 8 + gap], [20, 20, 20])
+    np.testing.assert_array_equal(grid[0, 4 * (8 + gap)], [200, 200, 200])
