@@ -145,6 +145,28 @@ class TreeMemory:
         self.peak = max(self.peak, self.current())
 
 
+def tree_cpu_seconds() -> float:
+    """User + system CPU time used so far by this process and its live descendants
+    (Ray's workers stay alive between jobs, so differences over a job count its work)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stats[int(entry)] = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                pass
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, fields in stats.items() if int(fields[1]) == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    # fields after the command: state ppid ... utime(12) stime(13), counted from "state" = 0
+    return sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in tree if pid in stats) / ticks
+
+
 def run_job(source: Path, out: Path, rows_per_file: int) -> None:
     from jobs.preprocess import main
 
@@ -180,20 +202,23 @@ def run(quick: bool = False) -> list[dict]:
         # its working size before anything is timed or measured.
         run_job(one, scratch / "warm-store", rows_per_file)
 
-        start = time.perf_counter()
+        load_before = os.getloadavg()[0]
+        start, cpu_start = time.perf_counter(), tree_cpu_seconds()
         plain_loop(one, scratch / "loop-store", rows_per_file)
-        loop_seconds = time.perf_counter() - start
+        loop_seconds, loop_cpu = time.perf_counter() - start, tree_cpu_seconds() - cpu_start
 
         with TreeMemory() as memory_one:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), tree_cpu_seconds()
             run_job(one, scratch / "store-x1", rows_per_file)
-            ray_seconds = time.perf_counter() - start
+            ray_seconds, ray_cpu = time.perf_counter() - start, tree_cpu_seconds() - cpu_start
+        load_after = os.getloadavg()[0]
         with TreeMemory() as memory_four:
             run_job(four, scratch / "store-x4", rows_per_file)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     what = f"{samples} toy scenes {size[0]}x{size[1]} -> 64x128,128x256,256x512, {cores} cores"
+    load = f"host 1-min load average {load_before:.1f} before, {load_after:.1f} after"
     ray_rate, loop_rate = samples / ray_seconds, samples / loop_seconds
     mib = 2**20
     return [
@@ -202,7 +227,11 @@ def run(quick: bool = False) -> list[dict]:
         {"name": "preprocess_loop_images_per_s", "value": loop_rate, "unit": "images/s", "goal": "n/a",
          "compared": f"plain single-process loop (Pillow decode, resize, Parquet write), {what}"},
         {"name": "preprocess_speedup_vs_loop", "value": ray_rate / loop_rate, "unit": "x", "goal": ">= 1.7",
-         "compared": f"Ray Data job vs plain loop, side by side, {what}"},
+         "compared": f"Ray Data job vs plain loop, side by side, {what}; {load}"},
+        {"name": "preprocess_ray_cpu_ms_per_image", "value": 1000 * ray_cpu / samples, "unit": "ms",
+         "goal": "n/a", "compared": "CPU time (user + system, driver and Ray processes) per image, Ray Data job"},
+        {"name": "preprocess_loop_cpu_ms_per_image", "value": 1000 * loop_cpu / samples, "unit": "ms",
+         "goal": "n/a", "compared": "CPU time per image, plain loop (wall-clock ratios need idle cores; this does not)"},
         {"name": "preprocess_peak_memory_1x_mb", "value": memory_one.peak / mib, "unit": "MiB", "goal": "n/a",
          "compared": f"peak RSS summed over driver + Ray processes, {samples} scenes"},
         {"name": "preprocess_peak_memory_4x_mb", "value": memory_four.peak / mib, "unit": "MiB", "goal": "n/a",

@@ -15,7 +15,7 @@ URIs accepted by `load_model`:
   models:/<name>@<alias>     the alias is resolved to a version once, and that version loaded
   models:/<name>/<version>   a fixed version
   runs:/<run_id>/<path>      a logged model, or a checkpoint file logged as an artifact
-  <path> or s3://...         a checkpoint file
+  <path> or s3://...         a checkpoint file (S3 through pipeline.fs, so AWS_ENDPOINT_URL counts)
 """
 from __future__ import annotations
 
@@ -158,6 +158,8 @@ def log_and_register(checkpoint_path: str | os.PathLike, model_name: str, alias:
 
 def resolve_checkpoint(uri_or_path: str) -> ResolvedCheckpoint:
     """Find the checkpoint file behind a registry URI, run URI or path, downloading if needed."""
+    if uri_or_path.startswith("s3://"):
+        return _download_s3_checkpoint(uri_or_path)
     if "://" not in uri_or_path and not uri_or_path.startswith(("models:/", "runs:/")):
         path = Path(uri_or_path).expanduser()
         if not path.is_file():
@@ -181,15 +183,29 @@ def resolve_checkpoint(uri_or_path: str) -> ResolvedCheckpoint:
     return ResolvedCheckpoint(path=checkpoint, uri=uri_or_path, version=str(version) if version else None, download_dir=download_dir)
 
 
+def _download_s3_checkpoint(uri: str) -> ResolvedCheckpoint:
+    """A checkpoint file on S3 (or an S3-compatible endpoint), through the project's pyarrow filesystem."""
+    from pipeline.fs import filesystem_for, read_bytes
+
+    download_dir = Path(tempfile.mkdtemp(prefix="crn-model-"))
+    path = download_dir / CHECKPOINT_ARTIFACT
+    try:
+        fs, key = filesystem_for(uri)
+        path.write_bytes(read_bytes(fs, key))
+    except (OSError, ValueError) as exc:
+        shutil.rmtree(download_dir, ignore_errors=True)
+        raise UserError(f"model checkpoint {uri}: cannot read ({_first_line(exc)})") from None
+    return ResolvedCheckpoint(path=path, uri=uri, version=None, download_dir=download_dir)
+
+
 def _download_checkpoint(uri: str, download_dir: Path) -> Path:
     """The checkpoint file of a logged CRN model (via its MLmodel file), or `uri` if it is one."""
     import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
     try:
         mlmodel = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=str(download_dir / "meta")))
-    except (MlflowException, OSError):
+    except Exception:  # any failure here means: not a logged model folder
         mlmodel = None
     if mlmodel is not None and mlmodel.is_file():
         flavor = Model.load(str(mlmodel)).flavors.get("python_function", {})
@@ -201,8 +217,8 @@ def _download_checkpoint(uri: str, download_dir: Path) -> Path:
         target_uri = uri  # not a logged model: the URI names a checkpoint file itself
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=target_uri, dst_path=str(download_dir / "ckpt")))
-    except (MlflowException, OSError) as exc:
-        raise UserError(f"model {uri}: cannot download ({_first_line(exc)})") from exc
+    except Exception as exc:  # MLflow, boto3 and HTTP clients each raise their own types
+        raise UserError(f"model {uri}: cannot download ({_first_line(exc)})") from None
     if not local.is_file():
         raise UserError(f"model {uri}: names a folder that is neither an MLflow model nor a checkpoint file")
     return local

@@ -1,7 +1,7 @@
 """The synthesis output folder (local or s3://): its layout, and what a re-run finds in it.
 
     <output>/job.json                  what makes these images (written before the first one)
-    <output>/images/<sample>/<k>.png   variant k (0 .. K-1) of sample <sample>
+    <output>/images/<sample>/<k>.png   variant k (0 .. K-1) of sample <sample> (PNG, RGB)
     <output>/manifest.parquet          one row per image, written last
     <output>/rejects.json              input label maps left out, with the reason for each
 
@@ -32,6 +32,7 @@ import io
 import json
 import posixpath
 import re
+import time
 from collections import defaultdict
 from urllib.parse import quote, unquote
 
@@ -49,8 +50,10 @@ JOB_FILE = "job.json"
 IMAGES_DIR = "images"
 MANIFEST_FILE = "manifest.parquet"
 REJECTS_FILE = "rejects.json"
-# zlib level for PNGs: fixed, because the same pixels must give the same bytes on every run.
-PNG_COMPRESS_LEVEL = 6
+# zlib level for PNGs: fixed, because the same pixels must give the same bytes on every run;
+# 1, because encoding is the job's largest cost after the forward pass (about 2.5x faster
+# than Pillow's default 6, for files about 13% larger).
+PNG_COMPRESS_LEVEL = 1
 
 _VARIANT_FILE = re.compile(r"^(\d+)\.png$")
 
@@ -167,6 +170,42 @@ def manifest_table(images: set[tuple[str, int]], identity: OutputIdentity) -> pa
         }
     )
     return table.replace_schema_metadata({"crn.synthesis": json.dumps(identity.to_dict())})
+
+
+def write_images(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, output_root: str,
+                 existing_variants: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """Ray Data task after the synthesis actors: encode each variant as PNG, write it atomically.
+
+    Returns one row per image written ({sample_id, variant}) and one per rejected sample
+    (variant -1, with its source and reason), carrying the actors' timing columns on and
+    adding this task's encode-and-write seconds. `existing_variants` lists the variants of
+    partly written samples that are already on disk (an interrupt between two writes);
+    those complete files are not written again.
+    """
+    start = time.perf_counter()
+    out: list[tuple[str, int, str, str]] = []  # (sample id, variant or -1, source, reject reason)
+    for sample_id, source, reason, images in zip(batch["sample_id"], batch["source"], batch["reject"], batch["images"]):
+        sample_id = str(sample_id)
+        if reason:
+            out.append((sample_id, -1, str(source), str(reason)))
+            continue
+        already = set(existing_variants.get(sample_id, ()))
+        for variant, image in enumerate(images):
+            if variant not in already:
+                write_bytes_atomically(filesystem, join(output_root, image_path(sample_id, variant)), encode_png(image))
+                out.append((sample_id, variant, "", ""))
+    ids, variants, sources, reasons = zip(*out) if out else ((), (), (), ())
+    rows = max(1, len(ids))
+    write_s = time.perf_counter() - start
+    return {
+        "sample_id": np.asarray(ids, dtype=object),
+        "variant": np.asarray(variants, dtype=np.int32),
+        "source": np.asarray(sources, dtype=object),
+        "reject": np.asarray(reasons, dtype=object),
+        "forward_s": np.full(len(ids), float(batch["forward_s"].sum()) / rows),
+        "ready_at": np.full(len(ids), float(batch["ready_at"].min()) if len(batch["ready_at"]) else 0.0),
+        "write_s": np.full(len(ids), write_s / rows),
+    }
 
 
 def write_manifest(fs: pafs.FileSystem, root: str, table: pa.Table) -> bytes:

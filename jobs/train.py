@@ -175,7 +175,7 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int):
     storage_fs, storage_path = filesystem_for(config.storage_path) if is_s3(config.storage_path) else (None, config.storage_path)
     store = open_store(config.store)
     # Only the pixel columns travel to the workers (sample ids are strings, which torch cannot batch).
-    train_data = store.dataset(TRAIN_SPLIT, config.resolution).select_columns(["label", "photo"])
+    train_data = store.dataset(TRAIN_SPLIT, config.resolution).select_columns(["label", "photo"]).materialize()
     # Preserving Ray Data's order makes the split across ranks the same every epoch and on re-runs.
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True

@@ -93,10 +93,22 @@ def test_runs_uri_loads_the_logged_model(registered):
     np.testing.assert_array_equal(generate_images(loaded.model, labels), direct_images(paths[0], labels))
 
 
+def test_checkpoint_on_s3_loads(registered, s3_endpoint):
+    import boto3
+
+    paths, _ = registered
+    boto3.client("s3", endpoint_url=s3_endpoint).upload_file(str(paths[1]), "test-bucket", "models/seed2.pt")
+    loaded = load_model("s3://test-bucket/models/seed2.pt")
+    assert loaded.uri == "s3://test-bucket/models/seed2.pt" and loaded.version is None
+    labels = label_maps(seed=11, count=2)
+    np.testing.assert_array_equal(generate_images(loaded.model, labels), direct_images(paths[1], labels))
+
+
 @pytest.mark.parametrize("uri, message", [
     ("models:/crn-registry-test@nonexistent", "models:/crn-registry-test@nonexistent"),
     ("models:/no-such-model/1", "models:/no-such-model/1"),
     ("/no/such/checkpoint.pt", "/no/such/checkpoint.pt: no such file"),
+    ("runs:/0123456789abcdef0123456789abcdef/model", "runs:/0123456789abcdef0123456789abcdef/model: cannot download"),
 ])
 def test_bad_model_uris_give_one_line_errors(registered, uri, message):
     with pytest.raises(UserError) as info:

@@ -8,8 +8,12 @@ re-run. Real local Ray, real MLflow (SQLite), S3 served by moto on 127.0.0.1.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
+import re
 from pathlib import Path
 
 import mlflow
@@ -88,8 +92,6 @@ def test_manifest_has_one_row_per_image_with_provenance(store, checkpoint, refer
     schema = load_schema("cityscapes")
     sample_ids = sorted(open_store(store).read_table(SPLIT, RESOLUTION).column("sample_id").to_pylist())
     assert [(r["sample_id"], r["variant"]) for r in rows] == [(s, k) for s in sample_ids for k in range(TEST_NUM_OUTPUTS)]
-    import hashlib
-
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     for row in rows:
         assert row["image_path"] == f"images/{row['sample_id']}/{row['variant']}.png"
@@ -125,21 +127,13 @@ def test_mlflow_run_records_config_metrics_and_artifacts(store, checkpoint, refe
     page = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="gallery.html", dst_path=str(tmp_path))).read_text()
     assert page.count("<tr>") == 1 + 8 and page.count("<img") == 8 * (1 + TEST_NUM_OUTPUTS + 1)
     # Its first label cell is the schema-coloured label map of a sample (shown at full size).
-    import base64
-    import io
-    import re
-
     first_id = re.search(r"<td class=id>([^<]+)</td>", page)[1]
     first_image = re.search(r'src="data:image/png;base64,([^"]+)"', page)[1]
     shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(first_image))))
-    table = open_store(store).read_table(SPLIT, RESOLUTION).to_pylist()
-    label = next(decode_labels_row(r) for r in table if r["sample_id"] == first_id)
+    table = open_store(store).read_table(SPLIT, RESOLUTION)
+    labels = decode_labels(table.column(label_column(RESOLUTION)), RESOLUTION)
+    label = labels[table.column("sample_id").to_pylist().index(first_id)]
     np.testing.assert_array_equal(shown, colorize(label, schema_palette(load_schema("cityscapes"))))
-
-
-def decode_labels_row(row: dict) -> np.ndarray:
-    height, width = (int(v) for v in RESOLUTION.split("x"))
-    return np.frombuffer(row[label_column(RESOLUTION)], dtype=np.uint8).reshape(height, width)
 
 
 def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(store, checkpoint, reference_run, tmp_path):

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -100,6 +101,21 @@ def test_label_folder_bad_files_are_rejected_the_rest_synthesized(label_folder, 
             image = np.asarray(Image.open(output / "images" / name / f"{k}.png"))
             np.testing.assert_array_equal(image, expected[n, k], err_msg=f"{name} variant {k}")
     assert outcome.num_written == len(good) * TEST_NUM_OUTPUTS and len(outcome.rejects) == len(bad)
+
+    # The gallery has no photograph column for label maps alone: label | 2 variants per row.
+    page = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="gallery.html",
+                                                    dst_path=str(tmp_path))).read_text()
+    assert "photograph" not in page and page.count("<img") == len(good) * (1 + TEST_NUM_OUTPUTS)
+
+
+def test_dry_run_prints_the_resolved_config_and_touches_nothing(label_folder, checkpoint, tmp_path, capsys):
+    folder, _, _ = label_folder
+    assert main(["--model", str(checkpoint), "--labels", str(folder), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["resolution"] == "32x64" and printed["model.num_outputs"] == TEST_NUM_OUTPUTS
+    assert printed["threads_per_actor"] == os.cpu_count() and printed["num_actors"] == 1
+    assert printed["model"] == str(checkpoint) and printed["data.schema"] == "cityscapes"
+    assert not (tmp_path / "out").exists()
 
 
 def test_schema_mismatch_is_one_line_before_any_work(label_folder, tmp_path, capsys):

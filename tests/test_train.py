@@ -257,7 +257,7 @@ def test_mlflow_holds_config_metrics_images_and_the_registered_candidate(short_r
 
     name = run.data.params["model_name"]
     assert name.startswith("crn-") and name.endswith("-32x64")
-    assert client.get_model_version_by_alias(name, "candidate").version == short_run.model_version
+    assert str(client.get_model_version_by_alias(name, "candidate").version) == short_run.model_version
     registered = load_model(f"models:/{name}@candidate")
     direct = model_from_checkpoint(checkpoint_of(short_run))
     labels = torch.from_numpy(np.random.default_rng(3).integers(0, NUM_CLASSES, (2, 32, 64))).long()
