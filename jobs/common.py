@@ -85,6 +85,15 @@ def setup_mlflow(experiment: str) -> str:
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(experiment) is None:
+        # A SQLite store's default artifact root is ./mlruns in whatever the working directory
+        # happens to be; keep artifacts beside the database instead (absolute, so Ray workers
+        # and later runs from other folders find them). A server chooses its own.
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment
+        try:
+            mlflow.create_experiment(experiment, artifact_location=artifacts.as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # created concurrently by another process: set_experiment below finds it
     mlflow.set_experiment(experiment)
     return uri
 

@@ -50,6 +50,7 @@ JOB_FILE = "job.json"
 IMAGES_DIR = "images"
 MANIFEST_FILE = "manifest.parquet"
 REJECTS_FILE = "rejects.json"
+GALLERY_FILE = "gallery.html"
 # zlib level for PNGs: fixed, because the same pixels must give the same bytes on every run;
 # 1, because encoding is the job's largest cost after the forward pass (about 2.5x faster
 # than Pillow's default 6, for files about 13% larger).

@@ -53,6 +53,7 @@ from jobs.common import UserError, entrypoint, init_ray, setup_mlflow
 from jobs.model_registry import resolve_checkpoint
 from jobs.synthesis_input import SynthesisInput, open_label_folder, open_store_split
 from jobs.synthesis_output import (
+    GALLERY_FILE,
     MANIFEST_FILE,
     REJECTS_FILE,
     OutputIdentity,
@@ -65,7 +66,7 @@ from jobs.synthesis_output import (
     write_manifest,
     write_rejects,
 )
-from pipeline.fs import filesystem_for, join, read_bytes
+from pipeline.fs import filesystem_for, join, read_bytes, write_bytes_atomically
 from pipeline.resolution import parse_resolution
 from pipeline.schema import LabelSchema, SchemaError, check_schema_match, load_schema
 from pipeline.sources import LABEL_TYPES
@@ -402,8 +403,10 @@ def log_to_mlflow(plan: SynthesisPlan, fs, root: str, result: Synthesized, manif
             "images": str(len(result.images)),
         },
     )
+    # Beside the images too, so a person can open it without the MLflow UI.
+    write_bytes_atomically(fs, f"{root}/{GALLERY_FILE}", page.encode())
     with tempfile.TemporaryDirectory(prefix="crn-synth-") as folder:
-        Path(folder, "gallery.html").write_text(page)
+        Path(folder, GALLERY_FILE).write_text(page)
         Path(folder, MANIFEST_FILE).write_bytes(manifest)
         Path(folder, REJECTS_FILE).write_bytes(rejects)
         mlflow.log_artifacts(folder)

@@ -14,7 +14,8 @@ In order:
 2. The MLflow run: resumed if an earlier attempt of this Ray Train run left one, else new;
    the whole config as params (jobs/train_tracking.py).
 3. `TorchTrainer.fit()`: the loop of jobs/train_loop.py on every worker, DDP (gloo on CPU,
-   NCCL on GPUs), checkpoints in `<storage>/<run name>/`. The same command (same run name)
+   NCCL on GPUs), the store's training rows as Ray Data shards (held decoded in the object
+   store when they fit, `--cache-data`), checkpoints in `<storage>/<run name>/`. The same command (same run name)
    resumes from the latest checkpoint; a lost worker restarts the group from it, up to
    `--max-failures` times.
 4. The final checkpoint is logged to the run and registered as `crn-<dataset>-<HxW>` with
@@ -162,6 +163,21 @@ def warn_if_random_vgg(plan: TrainPlan) -> None:
               file=sys.stderr)
 
 
+def cache_training_data(plan: TrainPlan) -> bool:
+    """--cache-data: yes, no, or (auto) when the decoded data fits in a quarter of the object store."""
+    import mlflow
+    import ray
+
+    if plan.config.cache_data == "auto":
+        height, width = plan.model_config.top_resolution
+        data_bytes = plan.train_samples * height * width * 4  # uint8 label + RGB photo
+        cache = data_bytes <= ray.cluster_resources().get("object_store_memory", 0) / 4
+    else:
+        cache = plan.config.cache_data == "yes"
+    mlflow.set_tag("crn.data_cached", str(cache))
+    return cache
+
+
 def fit(plan: TrainPlan, run_id: str, logged_up_to: int):
     """Start the workers and run the loop to the end; returns Ray Train's Result."""
     import ray
@@ -175,10 +191,15 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int):
     storage_fs, storage_path = filesystem_for(config.storage_path) if is_s3(config.storage_path) else (None, config.storage_path)
     store = open_store(config.store)
     # Only the pixel columns travel to the workers (sample ids are strings, which torch cannot batch).
-    train_data = store.dataset(TRAIN_SPLIT, config.resolution).select_columns(["label", "photo"]).materialize()
+    train_data = store.dataset(TRAIN_SPLIT, config.resolution).select_columns(["label", "photo"])
     # Preserving Ray Data's order makes the split across ranks the same every epoch and on re-runs.
+    train_data.context.execution_options.preserve_order = True
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True
+    if cache_training_data(plan):
+        # Each epoch re-runs the dataset: from memory that takes a moment, from the store a
+        # read and decode of every sample (many seconds per epoch for a small data set).
+        train_data = train_data.materialize()
     loop_config = {
         "config": asdict(config),
         "model_config": plan.model_config.to_dict(),

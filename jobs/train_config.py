@@ -27,6 +27,7 @@ from jobs.common import UserError, work_dir
 # presets (top 32..128 rows) follow the 256p schedule.
 RECIPE_EPOCHS = {256: 200, 512: 20, 1024: 5}
 PRECISIONS = ("fp32", "bf16")
+CACHE_CHOICES = ("auto", "yes", "no")
 # The layer-weight row the authors used at each top height (crn-spec.md section 3.2).
 RECIPE_LOSS_WEIGHTS = {256: "cityscapes-256p", 512: "cityscapes-512p", 1024: "cityscapes-512p"}
 
@@ -59,6 +60,7 @@ class TrainConfig:
     lr: float = 1e-4  # Adam learning rate, constant
     seed: int = 0  # model initialisation and per-epoch shuffling
     shuffle_buffer: int = 64  # rows in each worker's local shuffle buffer
+    cache_data: str = "auto"  # keep the decoded training data in Ray's object store: auto, yes, no
     # --- loss ---
     loss_weights: str = "auto"  # crn.losses.LAYER_WEIGHTS row; auto = the recipe's for this size
     vgg_weights: str = "imagenet"  # "imagenet" (torchvision cache), a .pth path, or "random"
@@ -115,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seed for initialisation and shuffling")
     p.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer,
                    help="rows in each worker's local shuffle buffer (reshuffled every epoch); 0 = no shuffling")
+    p.add_argument("--cache-data", default=d.cache_data, choices=CACHE_CHOICES,
+                   help="hold the decoded training data in Ray's object store across epochs instead of re-reading "
+                        "the store every epoch; auto = when it takes at most a quarter of the object store")
     p.add_argument("--loss-weights", default=d.loss_weights, choices=["auto", *LAYER_WEIGHTS],
                    help="VGG layer weights (crn-spec.md 3.2); auto = the recipe's row for the resolution")
     p.add_argument("--vgg-weights", default=d.vgg_weights,

@@ -90,10 +90,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             local_shuffle_buffer_size=config.shuffle_buffer or None,
             local_shuffle_seed=epoch_seed(config.seed, state.epoch, rank),
         )
-        _t = time.perf_counter()
         for index, batch in enumerate(batches):
-            print(f"DBG fetch {index} {time.perf_counter() - _t:.3f}", flush=True)
-            _t = time.perf_counter()
             if reached_step_limit(config, state):
                 break
             if index < state.batch_in_epoch:

@@ -125,6 +125,7 @@ def test_mlflow_run_records_config_metrics_and_artifacts(store, checkpoint, refe
 
     # The gallery: one row per sample (8 by default), label | 2 variants | photo, all embedded.
     page = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="gallery.html", dst_path=str(tmp_path))).read_text()
+    assert (output / "gallery.html").read_text() == page  # also beside the images, to open directly
     assert page.count("<tr>") == 1 + 8 and page.count("<img") == 8 * (1 + TEST_NUM_OUTPUTS + 1)
     # Its first label cell is the schema-coloured label map of a sample (shown at full size).
     first_id = re.search(r"<td class=id>([^<]+)</td>", page)[1]
