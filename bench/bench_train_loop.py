@@ -15,8 +15,8 @@ step function (jobs.train_loop.train_step) and the same torch threads:
   the baseline, so load that drifts during the run hits both sides.
 Start-up (Ray, workers, the data set's first blocks) and the final checkpoint are outside
 both timings, and the timed steps lie inside the first epoch: the figure is what a long run
-sees per step. A new epoch restarts the Ray Data shard (with the data cached in the object
-store, as here, a second or two on 2 busy cores; from the store, a full read), which a
+sees per step. A new epoch restarts the Ray Data shard (a second or two on 2 busy cores with
+the data cached in the object store, `--cache-data`; a read of the store otherwise), which a
 Cityscapes epoch of 2975 steps amortizes.
 """
 from __future__ import annotations

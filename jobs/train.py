@@ -33,7 +33,7 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # `python jobs/train.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from crn.config import CRNConfig
+from crn.config import CRNConfig, resolution_name
 from crn.losses import LAYER_WEIGHTS
 from crn.presets import make_config
 from crn.vgg import VGG19Features, VGGWeightsError
@@ -93,13 +93,17 @@ def make_plan(config: TrainConfig) -> TrainPlan:
     """Resolve the config and check everything that can be checked without Ray."""
     config = resolve(config)
     store = open_store(config.store)  # StoreError (one line) if missing
-    resolution = store.resolution(config.resolution)  # StoreError if the store lacks it
     schema = store.schema
+    # The preset takes its label channels L from the store's schema; its top resolution is fixed.
     model_config = make_config(config.preset, num_classes=schema.num_classes, num_outputs=config.num_outputs)
-    top = "x".join(map(str, model_config.top_resolution))
-    if resolution != top:
-        raise UserError(f"--resolution {resolution}: preset {config.preset} makes {top} images; "
+    top = resolution_name(model_config.top_resolution)
+    if config.resolution != top:
+        raise UserError(f"--resolution {config.resolution}: preset {config.preset} makes {top} images; "
                         f"train it at {top} (store {config.store} has {', '.join(store.resolutions)})")
+    if top not in store.resolutions:
+        raise UserError(f"store {config.store} has no {top} data for preset {config.preset} "
+                        f"(it has {', '.join(store.resolutions)}; preprocess with --resolutions ...,{top})")
+    train_modules = train_stages.parse_train_modules(config.train_modules, model_config)
     if not store.has_photos:
         raise UserError(f"store {config.store} holds label maps only; training needs photographs")
     if TRAIN_SPLIT not in store.splits:
@@ -125,8 +129,9 @@ def make_plan(config: TrainConfig) -> TrainPlan:
     if config.model_name == "auto":
         config = dataclasses.replace(config, model_name=f"crn-{dataset}-{top}")
     return TrainPlan(
-        config=config, model_config=model_config, label_schema=schema.to_dict(), dataset=dataset, train_samples=samples, steps_per_epoch=steps_per_epoch,
-        train_modules=train_stages.parse_train_modules(config.train_modules, model_config),
+        config=config, model_config=model_config, label_schema=schema.to_dict(), dataset=dataset,
+        train_samples=samples, steps_per_epoch=steps_per_epoch,
+        train_modules=train_modules,
         vgg_source=vgg_source, run_dir=uri_join(config.storage_path, config.run_name), init_weights=init_weights,
     )
 
@@ -164,16 +169,19 @@ def warn_if_random_vgg(plan: TrainPlan) -> None:
 
 
 def cache_training_data(plan: TrainPlan) -> bool:
-    """--cache-data: yes, no, or (auto) when the decoded data fits in a quarter of the object store."""
+    """--cache-data: yes, no, or (auto) when the run spans several epochs and the decoded data
+    fits in a quarter of the object store (a single pass reads the store once either way)."""
     import mlflow
     import ray
 
-    if plan.config.cache_data == "auto":
+    config = plan.config
+    if config.cache_data == "auto":
+        epochs = config.epochs if not config.steps else min(config.epochs, -(-config.steps // plan.steps_per_epoch))
         height, width = plan.model_config.top_resolution
         data_bytes = plan.train_samples * height * width * 4  # uint8 label + RGB photo
-        cache = data_bytes <= ray.cluster_resources().get("object_store_memory", 0) / 4
+        cache = epochs > 1 and data_bytes <= ray.cluster_resources().get("object_store_memory", 0) / 4
     else:
-        cache = plan.config.cache_data == "yes"
+        cache = config.cache_data == "yes"
     mlflow.set_tag("crn.data_cached", str(cache))
     return cache
 

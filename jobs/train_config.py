@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows in each worker's local shuffle buffer (reshuffled every epoch); 0 = no shuffling")
     p.add_argument("--cache-data", default=d.cache_data, choices=CACHE_CHOICES,
                    help="hold the decoded training data in Ray's object store across epochs instead of re-reading "
-                        "the store every epoch; auto = when it takes at most a quarter of the object store")
+                        "the store every epoch; auto = when the run spans several epochs and the data takes at "
+                        "most a quarter of the object store")
     p.add_argument("--loss-weights", default=d.loss_weights, choices=["auto", *LAYER_WEIGHTS],
                    help="VGG layer weights (crn-spec.md 3.2); auto = the recipe's row for the resolution")
     p.add_argument("--vgg-weights", default=d.vgg_weights,

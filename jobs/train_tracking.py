@@ -18,6 +18,7 @@ each step is logged once (the first time), so the curves have no duplicate point
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -27,6 +28,8 @@ from typing import Any
 from ray.train import UserCallback
 
 from pipeline.fs import filesystem_for, read_bytes, uri_join
+
+logger = logging.getLogger(__name__)
 
 RUN_TAG = "crn.ray_run"  # the run's storage location: <storage path>/<run name>
 MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
@@ -52,6 +55,12 @@ class MLflowReports(UserCallback):
         return self._client
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        try:
+            self.log_report(metrics)
+        except Exception as exc:  # a tracking hiccup must not stop days of training
+            logger.warning("MLflow logging of step %s failed: %s", metrics[0].get("step"), exc)
+
+    def log_report(self, metrics: list[dict[str, Any]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -79,7 +88,10 @@ class MLflowReports(UserCallback):
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
         self.worker_failures += 1
-        self.client().set_tag(self.run_id, "crn.worker_failures", str(self.worker_failures))
+        try:
+            self.client().set_tag(self.run_id, "crn.worker_failures", str(self.worker_failures))
+        except Exception as exc:
+            logger.warning("MLflow: cannot record worker failure %d: %s", self.worker_failures, exc)
 
 
 def average_over_ranks(metrics: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
