@@ -112,7 +112,8 @@ def run(quick: bool = False) -> list[dict]:
                     os.environ[key] = value
     plain_rate = (plain_before + plain_after) / 2
     setup = (f"{sizes['preset']} ({config.resolution}, K={config.num_outputs}), batch {BATCH}, "
-             f"{sizes['samples']} toy samples, {threads} torch thread(s), steps {WARMUP_STEPS + 1}..{sizes['steps']} timed")
+             f"{sizes['samples']} toy samples, {threads} torch thread(s), "
+             f"steps {WARMUP_STEPS + 1}..{sizes['steps']} timed")
     return [
         {"name": "train_ray_steps_per_s", "value": ray_rate, "unit": "steps/s", "goal": "n/a",
          "compared": f"Ray Train loop, 1 CPU worker, Ray Data shard, reports every 10 steps; {setup}"},
@@ -128,5 +129,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="crn-tiny, fewer steps")
     for figure in run(quick=parser.parse_args().quick):
-        print(f"{figure['name']:28s} {figure['value']:10.4g} {figure['unit']:8s} {figure['goal']:8s} {figure['compared']}")
+        print(f"{figure['name']:28s} {figure['value']:10.4g} {figure['unit']:8s} {figure['goal']:8s} "
+              f"{figure['compared']}")
     sys.exit(0)

@@ -196,7 +196,10 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int):
     from jobs.train_tracking import MLflowReports
 
     config = plan.config
-    storage_fs, storage_path = filesystem_for(config.storage_path) if is_s3(config.storage_path) else (None, config.storage_path)
+    # Ray Train takes S3 as a pyarrow filesystem with our endpoint and a bucket/prefix path.
+    storage_fs, storage_path = (None, config.storage_path)
+    if is_s3(config.storage_path):
+        storage_fs, storage_path = filesystem_for(config.storage_path)
     store = open_store(config.store)
     # Only the pixel columns travel to the workers (sample ids are strings, which torch cannot batch).
     train_data = store.dataset(TRAIN_SPLIT, config.resolution).select_columns(["label", "photo"])
@@ -214,14 +217,18 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int):
         "label_schema": plan.label_schema,
         "loss_weights": list(LAYER_WEIGHTS[config.loss_weights]),
         "train_modules": plan.train_modules,
+        "steps_per_epoch": plan.steps_per_epoch,
         "run_dir": plan.run_dir,
         "init_weights": ray.put(plan.init_weights) if plan.init_weights else None,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                                     resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
+        ),
         run_config=RunConfig(
             name=config.run_name,
             storage_path=storage_path,
@@ -261,12 +268,17 @@ def run(config: TrainConfig) -> TrainOutcome | None:
         result = fit(plan, active.info.run_id, logged_up_to)
         if result.checkpoint is None:
             raise UserError(f"run {plan.run_dir} ended without a checkpoint")
-        with result.checkpoint.as_directory() as folder:
-            version = log_and_register(Path(folder) / CHECKPOINT_FILE, plan.config.model_name, plan.config.alias)
+        tags = mlflow.get_run(active.info.run_id).data.tags
+        if tags.get("crn.final_checkpoint") == result.checkpoint.path:  # a re-run of a finished run
+            version = tags["crn.registered_version"]
+        else:
+            with result.checkpoint.as_directory() as folder:
+                version = log_and_register(Path(folder) / CHECKPOINT_FILE, plan.config.model_name, plan.config.alias)
         final = result.return_value or {}
         mlflow.set_tags({"crn.final_checkpoint": result.checkpoint.path, "crn.registered_version": version})
     print(f"trained {plan.config.run_name} to step {final.get('step', '?')} (epoch {final.get('epoch', '?')}); "
-          f"registered models:/{plan.config.model_name}/{version} as @{plan.config.alias}; MLflow run {active.info.run_id}")
+          f"registered models:/{plan.config.model_name}/{version} as @{plan.config.alias}; "
+          f"MLflow run {active.info.run_id}")
     return TrainOutcome(run_id=active.info.run_id, model_version=version, checkpoint=result.checkpoint, final=final)
 
 

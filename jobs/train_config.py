@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vgg-weights", default=d.vgg_weights,
                    help="loss network weights: imagenet (torchvision cache, never downloaded), a .pth file, or random")
     p.add_argument("--recalibrate-after-epoch", type=int, default=d.recalibrate_after_epoch,
-                   help="after this epoch, divide each layer weight by its mean term over that epoch (spec 3.3); 0 = never")
+                   help="after this epoch, divide each layer weight by its mean term over that epoch "
+                        "(spec 3.3); 0 = never")
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="bf16 = bfloat16 autocast")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute each refinement module's activations in the backward pass (less memory)")

@@ -17,8 +17,11 @@ Resume. A checkpoint holds the model, Adam's state, the step, the epoch, the bat
 taken in that epoch, the loss weights (and the per-layer sums gathered for recalibration),
 the label schema and the RNG state. Resuming rebuilds all of it, replays the epoch's
 shuffled order and skips the batches already taken, so a resumed run takes exactly the
-steps an uninterrupted one would have. Rank 0 writes the checkpoints; all ranks report at
-the same steps (every `log_every` and `checkpoint_every` steps, and at the end).
+steps an uninterrupted one would have. An epoch is closed (counted, recalibrated) right
+after its last batch, before that step's report, so a checkpoint there starts the next.
+The worker count and batch size are fixed for a run (they are part of its default name).
+Rank 0 writes the checkpoints; all ranks report at the same steps (every `log_every` and
+`checkpoint_every` steps, and at the end).
 """
 from __future__ import annotations
 
@@ -84,6 +87,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     shard = ray.train.get_dataset_shard("train")
     reports = Reporter(config, loop_config, rank, world_size, start_step=state.step)
 
+    steps_per_epoch = loop_config["steps_per_epoch"]  # batches each rank gets per epoch, fixed for the run
     while state.epoch < config.epochs and not reached_step_limit(config, state):
         batches = shard.iter_torch_batches(
             batch_size=config.batch_size, drop_last=True, device=device,
@@ -107,14 +111,19 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             reports.record(state.step, loss, terms)
             if rank == 0 and config.image_every and state.step % config.image_every == 0:
                 reports.save_grid(state.step, batch, fake)
+            epoch_done = state.batch_in_epoch == steps_per_epoch
+            if epoch_done:  # close the epoch before reporting, so a checkpoint here starts the next one
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                if state.epoch == config.recalibrate_after_epoch:
+                    state.loss_weights = recalibrated_weights(state, device)
+                    loss_fn = CRNLoss(vgg, state.loss_weights).to(device)
             if state.step % config.log_every == 0 or state.step % config.checkpoint_every == 0:
                 reports.send(state, model, optimizer, with_checkpoint=state.step % config.checkpoint_every == 0)
-        else:  # the epoch ran to its end
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            if state.epoch == config.recalibrate_after_epoch:
-                state.loss_weights = recalibrated_weights(state, device)
-                loss_fn = CRNLoss(vgg, state.loss_weights).to(device)
+            if epoch_done:
+                break
+        else:  # the shard ran dry before the epoch's last batch
+            raise RuntimeError(f"rank {rank} got {state.batch_in_epoch} batches in epoch {state.epoch + 1}, "
+                               f"expected {steps_per_epoch}: the store's manifest and its data disagree")
 
     if reports.last_checkpoint_step != state.step and state.step > resumed_from:
         reports.send(state, model, optimizer, with_checkpoint=True)

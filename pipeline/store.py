@@ -20,6 +20,7 @@ changed source writes a new folder while the old manifest's parts stay readable.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -214,7 +216,12 @@ class Store:
     def dataset(self, split: str, resolution: str | Resolution):
         """A Ray Dataset of {"sample_id": str, "label": uint8[H,W], "photo": uint8[H,W,3]}.
 
-        `photo` is left out for label-only stores. Rows come in no guaranteed order.
+        `photo` is left out for label-only stores. Rows come in file order (part by part,
+        sorted by sample id) when the DataContext preserves order. torch cannot batch the
+        string `sample_id`: `.select_columns(["label", "photo"])` before
+        `iter_torch_batches`. Only this resolution's column chunks are read (plus, once,
+        a sample of the first part's first rows, which Ray reads with its default range
+        merging of gaps under 8 KiB).
         """
         import ray.data
 
@@ -222,10 +229,17 @@ class Store:
         files = self.files(split)
         if not files:
             raise StoreError(f"store {self.uri}: split '{split}' has no samples")
-        # Only this resolution's columns are read (projection pushdown). Ray's reader
-        # pre-buffers: it merges byte ranges less than 8 KiB apart into one request, so
-        # a tiny neighbouring column may come along; the bulk of other resolutions never does.
-        ds = ray.data.read_parquet(files, filesystem=self.filesystem).select_columns(self.columns(text))
+        with _classic_parquet_reader():
+            ds = ray.data.read_parquet(
+                files,
+                columns=self.columns(text),
+                filesystem=self.filesystem,
+                # No pre-buffering: it merges byte ranges less than 8 KiB apart, which
+                # would pull small neighbouring columns (other resolutions) into the read.
+                fragment_scan_options=pads.ParquetFragmentScanOptions(
+                    pre_buffer=False, use_buffered_stream=True, buffer_size=8 * 2**20
+                ),
+            )
         return ds.map_batches(
             decode_batch,
             fn_kwargs={"resolution": text, "with_photos": self.has_photos},
@@ -237,6 +251,26 @@ class Store:
         if split not in self.manifest["splits"]:
             raise StoreError(f"store {self.uri} has no split '{split}' (it has {', '.join(self.splits)})")
         return self.manifest["splits"][split]
+
+
+@contextlib.contextmanager
+def _classic_parquet_reader():
+    """Plan a `read_parquet` with Ray 2.60's classic Parquet reader.
+
+    The newer reader lists the files in a fresh actor on every read: seconds to start (half
+    a minute on a busy 2-core machine) for a list we already hold; the classic one plans on
+    the driver. The choice is read when the dataset is made (it keeps a copy of the
+    DataContext), so the global setting is restored at once.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    saved = context.use_datasource_v2
+    context.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        context.use_datasource_v2 = saved
 
 
 # ---------------------------------------------------------------- decoding binary columns
