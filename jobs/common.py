@@ -26,9 +26,15 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     # Imported lazily so that `jobs.common` stays importable while pipeline/ evolves.
     types: list[type[BaseException]] = [UserError]
     try:
-        from pipeline.schema import SchemaMismatch
+        from pipeline.schema import SchemaError  # includes SchemaMismatch
 
-        types.append(SchemaMismatch)
+        types.append(SchemaError)
+    except ImportError:
+        pass
+    try:
+        from pipeline.sources import SourceError
+
+        types.append(SourceError)
     except ImportError:
         pass
     try:
@@ -114,5 +120,5 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(log_to_driver=True)
         return
     if num_cpus is None:
-        num_cpus = max(4, 2 * (os.cpu_count() or 1))
+        num_cpus = max(4, 2 * len(os.sched_getaffinity(0)))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
