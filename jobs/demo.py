@@ -1,6 +1,6 @@
 """The end-to-end demo on the embedded defaults: toy data -> store -> training -> synthesis.
 
-    make demo                                   # or: python -m jobs.demo --steps 400
+    make demo                                   # or: python -m jobs.demo --steps 300
     python -m jobs.demo --dry-run               # print the plan and exit
 
 Everything runs on this machine with no set-up: Ray starts locally, MLflow tracks into a
@@ -36,7 +36,7 @@ DEMO_MODEL_NAME = "crn-toy-64x128"
 @dataclass
 class DemoConfig:
     out: str  # folder for the demo's data set, store, checkpoints and images
-    steps: int = 400  # training steps (crn-small: about a second each on 2 cores)
+    steps: int = 300  # training steps (crn-small: one to a few seconds each on 2 cores)
     num_workers: int = 1  # Ray Train workers
     train_scenes: int = 64  # toy training scenes
     val_scenes: int = 8  # toy validation scenes (the ones synthesized)
