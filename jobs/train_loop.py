@@ -264,4 +264,4 @@ class Reporter:
         if with_checkpoint:
             self.last_checkpoint_step = state.step
         self.history, self.image = [], None
-        self.window_start = (time.perf_counter(), state.step)
+        self.window_start = (now, state.step)  # this report's own time counts in the next window

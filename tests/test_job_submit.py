@@ -9,14 +9,15 @@ written to ~/.ray. The CLI without the token is refused.
 
 Teardown: `ray stop` would stop every Ray process on the machine (it matches processes by
 name), including the session's instance and other people's. Instead the head is started
-with `--block` in its own process group and stopped through that process, which takes its
-cluster down with it; any process left that belongs to this head's temp dir is then killed
-by pid.
+with `--block` in its own process group and stopped through that process (SIGTERM); what
+is left after 10 s (a graceful stop takes half a minute), that is the processes naming
+this head's temp dir and that process group, is killed by pid and group id.
 """
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,17 +74,23 @@ def ray_head(tmp_path_factory, test_environment):
 
 
 def stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
+    """Stop this head's cluster and nothing else (see the module docstring)."""
     head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
     try:
-        head.wait(timeout=60)
+        head.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        head.kill()
-    time.sleep(2)
-    for pid in pids_mentioning(str(temp_dir)):
+        pass  # a graceful stop takes half a minute; the data is throw-away
+    for pid in pids_mentioning(str(temp_dir)):  # Ray's processes name the head's temp dir
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    try:
+        os.killpg(head.pid, signal.SIGKILL)  # the process group `ray start` was started in
+    except ProcessLookupError:
+        pass
+    head.wait(timeout=30)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def pids_mentioning(text: str) -> list[int]:
@@ -104,7 +111,7 @@ def test_cli_without_the_token_is_refused(ray_head):
     no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
     no_token["RAY_AUTH_TOKEN_PATH"] = "/nonexistent/token"  # and not ~/.ray/auth_token either
     refused = subprocess.run([RAY, "job", "list", "--address", address], env=no_token, capture_output=True, text=True)
-    assert refused.returncode != 0
+    assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower(), refused.stderr[-2000:]
 
 
 def test_ray_job_submit_trains_and_registers(ray_head, toy_store):
