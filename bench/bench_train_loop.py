@@ -11,7 +11,8 @@ step function (jobs.train_loop.train_step) and the same torch threads:
   one-hot on the worker, a report every 10 steps (its per-step losses go to MLflow). The
   loop's own steps/s per report window (MLflow metric `steps_per_s`) are the measurements.
 - plain: the store's rows read once with pyarrow into memory, then the same steps in this
-  process, timed over the same 10-step windows. It runs before and after the Ray job.
+  process, timed over the same 10-step windows. Plain runs and Ray jobs take turns (plain,
+  Ray, plain, Ray, plain), and both sides get the same number of measured windows.
 Each side's figure is its best window after the first (which holds the warm-up): on a
 small machine shared with other jobs, the best window is the one least disturbed, on both
 sides alike. For the same reason the plain loop runs at the niceness Ray gives its workers
@@ -43,8 +44,12 @@ from jobs.train_loop import loss_network, train_step
 from pipeline.store import decode_labels, decode_photos, label_column, open_store, photo_column
 
 # More samples than steps: every timed step lies inside the first epoch.
-FULL = {"preset": "crn-small", "resolution": "64x128", "samples": 48, "steps": 40}
-QUICK = {"preset": "crn-tiny", "resolution": "32x64", "samples": 32, "steps": 30}
+# Each Ray job runs `steps`: (steps / WINDOW - 1) measured windows. Plain loops and Ray jobs
+# take turns (plain, Ray, plain, ...: one plain run more than Ray runs), and the plain runs
+# share out as many measured windows as the Ray runs have, so that neither side has more
+# chances at a lucky window. More samples than steps: every step inside the first epoch.
+FULL = {"preset": "crn-small", "resolution": "64x128", "samples": 80, "steps": 70, "ray_runs": 2}
+QUICK = {"preset": "crn-tiny", "resolution": "32x64", "samples": 56, "steps": 50, "ray_runs": 1}
 WINDOW = 10  # steps per measurement window = the Ray job's report interval
 BATCH = 1
 GOAL = 0.95
@@ -64,7 +69,7 @@ def make_store(scratch: Path, samples: int, resolution: str) -> Path:
     return store
 
 
-def plain_window_rates(config: TrainConfig) -> list[float]:
+def plain_window_rates(config: TrainConfig, steps: int) -> list[float]:
     """The baseline: the same steps in this process, data already in memory; steps/s per window."""
     torch.set_num_threads(config.threads_per_worker)
     store = open_store(config.store)
@@ -77,7 +82,7 @@ def plain_window_rates(config: TrainConfig) -> list[float]:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     order = np.random.default_rng(config.seed).permutation(len(labels))
     rates, start = [], time.perf_counter()
-    for step in range(1, config.steps + 1):
+    for step in range(1, steps + 1):
         rows = [order[((step - 1) * BATCH + i) % len(order)] for i in range(BATCH)]
         onehot = one_hot(labels[rows].long(), model.config.num_classes)
         photo = photos[rows].permute(0, 3, 1, 2).float()
@@ -131,21 +136,29 @@ def run(quick: bool = False) -> list[dict]:
         os.environ["CRN_WORK_DIR"] = str(scratch / "work")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
         try:
-            init_ray()
+            init_ray(dashboard=True)  # as jobs.train starts it
             # Artifacts beside the throw-away tracking store (MLflow's default is ./mlruns).
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
             mlflow.create_experiment(EXPERIMENT, artifact_location=(scratch / "artifacts").as_uri())
             store = make_store(scratch, sizes["samples"], sizes["resolution"])
-            config = resolve(TrainConfig(
-                store=str(store), preset=sizes["preset"], batch_size=BATCH, steps=sizes["steps"],
-                vgg_weights="random", threads_per_worker=threads, checkpoint_every=sizes["steps"], log_every=WINDOW,
-                image_every=0, experiment=EXPERIMENT, run_name=f"bench-{time.time_ns()}",
-            ))
-            with niceness(ray_worker_niceness()):
-                plain = plain_window_rates(config)[1:]
-            ray_rates = ray_window_rates(train.run(config).run_id)[1:]
-            with niceness(ray_worker_niceness()):
-                plain += plain_window_rates(config)[1:]
+
+            def job_config(index: int) -> TrainConfig:
+                return resolve(TrainConfig(
+                    store=str(store), preset=sizes["preset"], batch_size=BATCH, steps=sizes["steps"],
+                    vgg_weights="random", threads_per_worker=threads, checkpoint_every=sizes["steps"],
+                    log_every=WINDOW, image_every=0, experiment=EXPERIMENT, run_name=f"bench-{time.time_ns()}-{index}",
+                ))
+
+            config = job_config(0)
+            ray_runs = sizes["ray_runs"]
+            measured = sizes["steps"] // WINDOW - 1  # per Ray run; the first window is warm-up
+            plain_steps = WINDOW * (ray_runs * measured // (ray_runs + 1) + 1)
+            plain, ray_rates = [], []
+            for index in range(ray_runs + 1):
+                with niceness(ray_worker_niceness()):
+                    plain += plain_window_rates(config, plain_steps)[1:]
+                if index < ray_runs:
+                    ray_rates += ray_window_rates(train.run(job_config(index)).run_id)[1:]
         finally:
             for key, value in saved.items():
                 if value is None:
@@ -156,11 +169,11 @@ def run(quick: bool = False) -> list[dict]:
              f"samples, {threads} torch thread(s), best {WINDOW}-step window of steps {WINDOW + 1}..{sizes['steps']}")
     return [
         {"name": "train_ray_steps_per_s", "value": max(ray_rates), "unit": "steps/s", "goal": "n/a",
-         "compared": f"Ray Train loop, 1 CPU worker, Ray Data shard, report every {WINDOW} steps "
-                     f"(mean of windows {np.mean(ray_rates):.3f}); {setup}"},
+         "compared": f"Ray Train loop, 1 CPU worker, Ray Data shard, report every {WINDOW} steps, {sizes['ray_runs']} job(s) "
+                     f"({len(ray_rates)} windows, mean {np.mean(ray_rates):.3f}); {setup}"},
         {"name": "train_plain_steps_per_s", "value": max(plain), "unit": "steps/s", "goal": "n/a",
-         "compared": f"plain PyTorch loop in one process, data in memory, run before and after the Ray job "
-                     f"(mean of windows {np.mean(plain):.3f}); {setup}"},
+         "compared": f"plain PyTorch loop in one process, data in memory, taking turns with the Ray jobs "
+                     f"({len(plain)} windows, mean {np.mean(plain):.3f}); {setup}"},
         {"name": "train_ray_vs_plain", "value": max(ray_rates) / max(plain), "unit": "ratio", "goal": f">= {GOAL}",
          "compared": f"Ray Train loop vs plain loop steps/s, side by side (ratio of means "
                      f"{np.mean(ray_rates) / np.mean(plain):.3f}); {setup}"},

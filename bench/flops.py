@@ -30,19 +30,29 @@ def conv3x3_flops(batch: int, in_channels: int, out_channels: int, height: int, 
     return 2 * batch * out_channels * height * width * in_channels * 9
 
 
-def conv3x3_flop_rate(
+def best_times(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Best wall-clock and best process CPU seconds of `fn` over `repeats` calls.
+
+    CPU time (all threads of this process) barely moves when other processes share the
+    cores, so it complements wall time on a busy machine; on an idle one both threads run
+    all the time and CPU time is the thread count times wall time.
+    """
+    best_wall = best_cpu = float("inf")
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_wall = min(best_wall, time.perf_counter() - wall)
+    return best_wall, best_cpu
+
+
+def conv3x3_times(
     batch: int, in_channels: int, out_channels: int, height: int, width: int,
     repeats: int = 5, memory_format: torch.memory_format = torch.contiguous_format,
-) -> float:
-    """Best observed FLOP/s of one 3x3 convolution forward pass of this shape."""
+) -> tuple[float, float]:
+    """Best wall and CPU seconds of one 3x3 convolution forward pass of this shape."""
     x = torch.randn(batch, in_channels, height, width).contiguous(memory_format=memory_format)
     weight = torch.randn(out_channels, in_channels, 3, 3).contiguous(memory_format=memory_format)
-    flops = conv3x3_flops(batch, in_channels, out_channels, height, width)
     with torch.no_grad():
         F.conv2d(x, weight, padding=1)  # first call: primitive creation, memory allocation
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            F.conv2d(x, weight, padding=1)
-            best = min(best, time.perf_counter() - start)
-    return flops / best
+        return best_times(lambda: F.conv2d(x, weight, padding=1), repeats)

@@ -104,7 +104,7 @@ def setup_mlflow(experiment: str) -> str:
     return uri
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     """Connect to Ray: the cluster named by `RAY_ADDRESS` (or a `ray job submit` driver), else
     a local instance.
 
@@ -121,4 +121,4 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     if num_cpus is None:
         num_cpus = max(4, 2 * len(os.sched_getaffinity(0)))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)

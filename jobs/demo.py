@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from jobs.common import entrypoint, setup_mlflow, tracking_uri, work_dir
+from jobs.common import entrypoint, init_ray, setup_mlflow, tracking_uri, work_dir
 
 DEMO_EXPERIMENT = "crn-demo"
 DEMO_MODEL_NAME = "crn-toy-64x128"
@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         generate_toy_dataset(source, num_train=config.train_scenes, num_val=config.val_scenes, seed=0, size=(128, 256))
 
     print(f"[2/5] preprocessing -> {store}")
+    init_ray(dashboard=True)  # one Ray instance for every stage; training needs the dashboard
     preprocess.main(["--source", str(source), "--out", str(store), "--resolutions", "32x64,64x128"])
 
     print(f"[3/5] training crn-small for {config.steps} steps (Ray Train, {config.num_workers} worker(s))")

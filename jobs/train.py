@@ -249,7 +249,7 @@ def run(config: TrainConfig) -> TrainOutcome | None:
     if config.dry_run:
         print(json.dumps(plan.describe(), indent=1))
         return None
-    init_ray()
+    init_ray(dashboard=True)  # Ray Train's state queries need it (jobs.common.init_ray)
     check_resources(plan.config)
     warn_if_random_vgg(plan)
 

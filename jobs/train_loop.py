@@ -25,6 +25,7 @@ Rank 0 writes the checkpoints; all ranks report at the same steps (every `log_ev
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -65,7 +66,18 @@ class TrainState:
     term_count: int = 0
 
 
+def quiet_report_log() -> None:
+    """Ray Train logs every `report` with its whole metrics dict at INFO, which here holds the
+    per-step history of a window: a screenful per report on the console. That logger is
+    named by its file's path; a later Ray that moves the file only makes this a no-op."""
+    import ray.train as ray_train
+
+    path = Path(ray_train.__file__).parent / "v2" / "_internal" / "execution" / "context.py"
+    logging.getLogger(str(path)).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict) -> dict:
+    quiet_report_log()
     config = TrainConfig(**loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 BUCKET = "test-bucket"
 
@@ -116,3 +117,14 @@ def toy_store(toy_source, ray_session, tmp_path_factory):
     code = main(["--source", str(toy_source), "--out", str(out), "--resolutions", TOY_STORE_RESOLUTIONS])
     assert code == 0, "preprocessing the toy data set failed"
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (`pytestmark = pytest.mark.usefixtures(...)`):
+    the test process computes references next to Ray workers on 2 shared cores, and two
+    threads there spin-wait each other into a crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

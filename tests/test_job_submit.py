@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
+EXPERIMENT = "test-job-submit"
 
 
 def free_ports(count: int) -> list[int]:
@@ -114,15 +115,18 @@ def test_cli_without_the_token_is_refused(ray_head):
     assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower(), refused.stderr[-2000:]
 
 
-def test_ray_job_submit_trains_and_registers(ray_head, toy_store):
+def test_ray_job_submit_trains_and_registers(ray_head, toy_store, test_environment):
     address, env = ray_head
+    # The job's MLflow artifacts go to the session's folder, not to ./mlruns in the repository.
+    if MlflowClient().get_experiment_by_name(EXPERIMENT) is None:
+        MlflowClient().create_experiment(EXPERIMENT, artifact_location=(test_environment / "mlartifacts").as_uri())
     run_name = f"submitted-{uuid.uuid4().hex[:8]}"
     job_id = f"crn-train-{uuid.uuid4().hex[:8]}"
     submit = subprocess.run(
         [RAY, "job", "submit", "--address", address, "--submission-id", job_id, "--no-wait", "--",
          sys.executable, str(REPO / "jobs" / "train.py"), "--store", str(toy_store), "--preset", "crn-tiny",
          "--num-outputs", "2", "--vgg-weights", "random", "--threads-per-worker", "1", "--batch-size", "2",
-         "--steps", "2", "--image-every", "0", "--run-name", run_name, "--experiment", "test-job-submit"],
+         "--steps", "2", "--image-every", "0", "--run-name", run_name, "--experiment", EXPERIMENT],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert submit.returncode == 0, submit.stderr
@@ -138,7 +142,7 @@ def test_ray_job_submit_trains_and_registers(ray_head, toy_store):
     assert f"job '{job_id}' succeeded" in status, f"{status}\n{logs[-3000:]}"
     assert f"trained {run_name} to step 2" in logs
 
-    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("test-job-submit").experiment_id],
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id],
                                       filter_string=f"attributes.run_name = '{run_name}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["crn.registered_version"]

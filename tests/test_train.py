@@ -3,10 +3,11 @@
     .venv/bin/python -m pytest tests/test_train.py -q -x
 
 Every fit is crn-tiny (top 32x64, K=2) with random VGG weights (named, so nothing is
-downloaded) on the 8 training samples of the `toy_store` fixture, for a few steps.
+downloaded) on the 8 training samples of the `toy_store` fixture, for a few steps; six fits
+in all, about 4-5 minutes on 2 cores (most of each fit is Ray starting workers).
 References: the same Adam step computed by hand in this process (DDP), an uninterrupted
-run (resume, worker loss), `crn.losses.recalibrate` on the logged per-layer terms, the
-earlier stage's weights (progressive stages), and the checkpoint file itself (registry).
+run (resume), `crn.losses.recalibrate` on the logged per-layer terms, the earlier stage's
+weights (progressive stages), and the checkpoint file itself (registry).
 """
 from __future__ import annotations
 
@@ -40,13 +41,15 @@ NUM_CLASSES, K = 20, 2
 SEED = 0
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The test process computes references next to Ray workers on 2 shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def experiment_with_artifacts_in_tmp(test_environment):
+    # MLflow would put artifacts in ./mlruns (the repository) for a new SQLite experiment.
+    client = MlflowClient()
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(EXPERIMENT, artifact_location=(test_environment / "mlartifacts").as_uri())
 
 
 def unique(name: str) -> str:
