@@ -242,14 +242,12 @@ def run(quick: bool = False) -> list[dict]:
         # Loop and job take turns, so that both meet the same conditions on a shared host;
         # the best time of each is the one least disturbed by other work.
         load_before = os.getloadavg()[0]
-        loops, jobs = [], []
+        loops, jobs, peaks_one = [], [], []
         for index in range(rounds):
             loops.append(timed_loop(one, scratch / f"loop-store-{index}", rows_per_file))
-            if index == 0:
-                with TreeMemory() as memory_one:
-                    jobs.append(timed_job(one, scratch / f"store-{index}", rows_per_file))
-            else:
+            with TreeMemory() as memory:
                 jobs.append(timed_job(one, scratch / f"store-{index}", rows_per_file))
+            peaks_one.append(memory.peak)
         load_after = os.getloadavg()[0]
         with TreeMemory() as memory_four:
             run_job(four, scratch / "store-x4", rows_per_file)
@@ -280,11 +278,11 @@ def run(quick: bool = False) -> list[dict]:
          "compared": "CPU used by an idle local Ray instance (GCS, raylet, agents, idle workers), 3 s"},
         {"name": "preprocess_job_fixed_seconds", "value": fixed_seconds, "unit": "s", "goal": "n/a",
          "compared": f"the job over {rows_per_file} scenes (one part): start-up and summary costs whatever the data set size"},
-        {"name": "preprocess_peak_memory_1x_mb", "value": memory_one.peak / mib, "unit": "MiB", "goal": "n/a",
+        {"name": "preprocess_peak_memory_1x_mb", "value": max(peaks_one) / mib, "unit": "MiB", "goal": "n/a",
          "compared": f"peak RSS summed over driver + Ray processes, {samples} scenes"},
         {"name": "preprocess_peak_memory_4x_mb", "value": memory_four.peak / mib, "unit": "MiB", "goal": "n/a",
          "compared": f"peak RSS summed over driver + Ray processes, {4 * samples} scenes"},
-        {"name": "preprocess_memory_growth_4x", "value": memory_four.peak / memory_one.peak, "unit": "x",
+        {"name": "preprocess_memory_growth_4x", "value": memory_four.peak / max(peaks_one), "unit": "x",
          "goal": "<= 1.10", "compared": f"peak memory at 4x ({4 * samples}) vs 1x ({samples}) the data set"},
     ]
 

@@ -70,9 +70,7 @@ def quiet_report_log() -> None:
     """Ray Train logs every `report` with its whole metrics dict at INFO, which here holds the
     per-step history of a window: a screenful per report on the console. That logger is
     named by its file's path; a later Ray that moves the file only makes this a no-op."""
-    import ray.train as ray_train
-
-    path = Path(ray_train.__file__).parent / "v2" / "_internal" / "execution" / "context.py"
+    path = Path(ray.train.__file__).parent / "v2" / "_internal" / "execution" / "context.py"
     logging.getLogger(str(path)).setLevel(logging.WARNING)
 
 
