@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 from pathlib import Path
+from typing import BinaryIO, Callable
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -73,12 +74,14 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
         return stream.read()
 
 
-def write_bytes_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write a whole file so that readers see either nothing (or the old file) or all of it.
+def write_atomically(fs: pafs.FileSystem, path: str, write: Callable[[BinaryIO], None]) -> int:
+    """Create a whole file with `write(handle)` so that readers see either nothing (or the
+    old file) or all of it; returns the file's size in bytes.
 
-    Locally: a temporary file beside the target, then `os.replace` (atomic on POSIX).
-    On S3 an object becomes visible only once its upload completes, so a plain write is
-    already all-or-nothing.
+    Locally: a temporary file beside the target, synced to disk, then `os.replace` (atomic
+    on POSIX). On S3 an object becomes visible only once its upload completes, so writing
+    it in place is already all-or-nothing. `write` streams into the file, so large files
+    (Parquet parts) need no second copy in memory.
     """
     if isinstance(fs, pafs.LocalFileSystem):
         directory = os.path.dirname(path)
@@ -86,16 +89,23 @@ def write_bytes_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
         try:
             with open(temporary, "wb") as handle:
-                handle.write(data)
+                write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+                size = handle.tell()
             os.replace(temporary, path)
         finally:
             if os.path.exists(temporary):
                 os.remove(temporary)
-        return
+        return size
     with fs.open_output_stream(path) as stream:
-        stream.write(data)
+        write(stream)
+        return stream.tell()
+
+
+def write_bytes_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """`write_atomically` for data already in memory."""
+    write_atomically(fs, path, lambda handle: handle.write(data))
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:

@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.fs import join, write_bytes_atomically
+from pipeline.fs import join, write_atomically
 from pipeline.prepare import BadInput, PrepareSettings, PreparedSample, SamplePreparer
 from pipeline.resolution import format_resolution
 from pipeline.sources import Candidate, display_path
-from pipeline.store import StoreError, arrow_schema, label_column, parquet_bytes, photo_column
+from pipeline.store import StoreError, arrow_schema, label_column, photo_column, write_part
 
 PART_METADATA_KEY = b"crn.part"
 
@@ -123,12 +123,10 @@ def _build(shard: Shard, settings: PrepareSettings, source_fs, source_uri, store
         table = _to_table(prepared, [format_resolution(r) for r in settings.resolutions])
         stored_summary = {**summary, "reused": True}  # what a later run will read back
         table = table.replace_schema_metadata({PART_METADATA_KEY: json.dumps(stored_summary)})
-        data = parquet_bytes(table)
         try:
-            write_bytes_atomically(store_fs, target, data)
+            summary["bytes"] = write_atomically(store_fs, target, lambda handle: write_part(table, handle))
         except OSError as exc:
             raise StoreError(f"cannot write {target}: {str(exc).strip().splitlines()[0]}") from None
-        summary["bytes"] = len(data)
     return summary
 
 

@@ -60,18 +60,17 @@ def arrow_schema(resolutions: Sequence[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """Serialise one part. Settings chosen for raw pixel columns: no dictionary encoding or
-    statistics on the binary columns (useless there), zstd (label maps shrink ~50x)."""
-    sink = pa.BufferOutputStream()
+def write_part(table: pa.Table, handle) -> None:
+    """Serialise one part into an open file. Settings chosen for raw pixel columns: no
+    dictionary encoding or statistics on the binary columns (useless there), zstd (label
+    maps shrink ~50x)."""
     pq.write_table(
         table,
-        sink,
+        handle,
         compression="zstd",
         use_dictionary=["sample_id", "split"],
         write_statistics=["sample_id", "split"],
     )
-    return sink.getvalue().to_pybytes()
 
 
 # ---------------------------------------------------------------- writing the manifest
