@@ -19,28 +19,19 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from processes import free_ports, pids_mentioning
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
 EXPERIMENT = "test-job-submit"
-
-
-def free_ports(count: int) -> list[int]:
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +83,6 @@ def stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
         pass
     head.wait(timeout=30)
     shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def pids_mentioning(text: str) -> list[int]:
-    """Processes whose command line contains `text` (Linux /proc; this head's temp dir is unique)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def test_cli_without_the_token_is_refused(ray_head):

@@ -10,7 +10,9 @@
 #   infra/local/stack.sh stop
 #
 # Ports and folders can be changed through the environment (defaults below). Nothing
-# listens beyond 127.0.0.1.
+# listens beyond 127.0.0.1. Ray 2.60 runs clusters with token authentication: the token is
+# made once, kept in work/stack/ray-token (readable by you alone) and exported by env.sh,
+# which is what `ray job submit` and the jobs' drivers read.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -21,6 +23,8 @@ DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 S3_PORT="${S3_PORT:-9000}"
 BUCKET="${BUCKET:-crn}"
+# More `ray start` options, e.g. other agent ports when another Ray instance runs here.
+RAY_START_ARGS="${RAY_START_ARGS:-}"
 # Ray gets more logical CPUs than cores so training workers cannot starve Ray Data.
 RAY_CPUS="${RAY_CPUS:-$(( $(nproc) * 2 > 4 ? $(nproc) * 2 : 4 ))}"
 
@@ -31,6 +35,19 @@ export PATH="$VENV_BIN:$PATH"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-local}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-local}"
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+TOKEN_FILE="$STATE/ray-token"
+
+ray_token() {  # the head's token: made on first use, the same on every later start
+  if [ ! -s "$TOKEN_FILE" ]; then
+    (umask 077; "$VENV_BIN/python" -c "import secrets; print(secrets.token_hex(32))" >"$TOKEN_FILE")
+  fi
+  cat "$TOKEN_FILE"
+}
+
+ray_jobs_answer() {  # the job server accepts our token (clients need the mode set too)
+  RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(ray_token)" \
+    "$VENV_BIN/ray" job list --address "http://127.0.0.1:$DASHBOARD_PORT"
+}
 
 wait_for() {  # wait_for <what> <command...>: retry for up to 60 s
   local what="$1"; shift
@@ -61,18 +78,23 @@ PY
 
   echo "Ray head on 127.0.0.1:$RAY_PORT, job server on http://127.0.0.1:$DASHBOARD_PORT"
   # Jobs and workers inherit this environment: they find MLflow and S3 without flags.
+  RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(ray_token)" \
   MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" AWS_ENDPOINT_URL="$S3_ENDPOINT" \
     nohup "$VENV_BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
     --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
-    --num-cpus "$RAY_CPUS" --temp-dir "$STATE/ray" --disable-usage-stats >"$STATE/ray.log" 2>&1 &
+    --num-cpus "$RAY_CPUS" --temp-dir "$STATE/ray" --disable-usage-stats $RAY_START_ARGS >"$STATE/ray.log" 2>&1 &
   # --block keeps one process that owns this head's processes: stopping it stops exactly
   # them (a plain `ray stop` would end every Ray instance on the machine, tests' included).
   echo $! >"$STATE/ray.pid"
-  wait_for "Ray job server" curl -sf "http://127.0.0.1:$DASHBOARD_PORT/api/version"
+  # Any HTTP answer (401 without the token) means the server is up; then check the token.
+  wait_for "Ray job server" curl -s -o /dev/null "http://127.0.0.1:$DASHBOARD_PORT/api/version"
+  ray_jobs_answer >"$STATE/ray-check.log" 2>&1 \
+    || { echo "error: the Ray job server refuses our token (see $STATE/ray-check.log)" >&2; return 1; }
 
   cat >"$STATE/env.sh" <<ENV
 # Written by infra/local/stack.sh: source it to use the local stack.
 export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=\$(cat "$TOKEN_FILE")
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export AWS_ENDPOINT_URL=$S3_ENDPOINT
 export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
@@ -100,7 +122,7 @@ status() {
   curl -sf "$S3_ENDPOINT/" >/dev/null && echo "S3      up   $S3_ENDPOINT" || echo "S3      down"
   curl -sf "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null \
     && echo "MLflow  up   http://127.0.0.1:$MLFLOW_PORT" || echo "MLflow  down"
-  curl -sf "http://127.0.0.1:$DASHBOARD_PORT/api/version" >/dev/null \
+  curl -s -o /dev/null "http://127.0.0.1:$DASHBOARD_PORT/api/version" && ray_jobs_answer >/dev/null 2>&1 \
     && echo "Ray     up   http://127.0.0.1:$DASHBOARD_PORT" || echo "Ray     down"
 }
 

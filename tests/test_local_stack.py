@@ -1,0 +1,97 @@
+"""infra/local/stack.sh: the real services start, take a job, and stop, as the README says.
+
+    .venv/bin/python -m pytest tests/test_local_stack.py -q
+
+The stack runs on loopback ports picked here, in its own folder, so it never meets the
+session's Ray instance or a stack someone already runs. One `ray job submit` (with the
+token from work/stack/env.sh, as a user would source it) preprocesses a toy data set into
+the stack's S3 bucket; the CLI without the token is refused; `stop` leaves no process behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pipeline.toy import generate_toy_dataset
+from processes import free_ports, pids_mentioning
+
+REPO = Path(__file__).resolve().parent.parent
+STACK = REPO / "infra" / "local" / "stack.sh"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """A started stack: yields (env for the stack's commands, its folder, ports)."""
+    folder = Path("/tmp") / f"crn-stack-{uuid.uuid4().hex[:8]}"  # Ray's socket paths must stay short
+    ray_port, dashboard, mlflow, s3, client, agent_http, agent_grpc, runtime_env, metrics = free_ports(9)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RAY_ADDRESS", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN")}
+    env.update(STACK_DIR=str(folder), RAY_PORT=str(ray_port), DASHBOARD_PORT=str(dashboard),
+               MLFLOW_PORT=str(mlflow), S3_PORT=str(s3), RAY_CPUS="4",
+               # The session's own Ray instance holds the agents' default ports.
+               RAY_START_ARGS=f"--ray-client-server-port {client} --dashboard-agent-listen-port {agent_http} "
+                              f"--dashboard-agent-grpc-port {agent_grpc} --runtime-env-agent-port {runtime_env} "
+                              f"--metrics-export-port {metrics}")
+    ports = {"dashboard": dashboard, "mlflow": mlflow, "s3": s3}
+    try:
+        started = subprocess.run(["bash", str(STACK), "start"], env=env, cwd=REPO, capture_output=True,
+                                 text=True, timeout=300)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        yield env, folder, ports
+    finally:
+        stopped = subprocess.run(["bash", str(STACK), "stop"], env=env, cwd=REPO, capture_output=True,
+                                 text=True, timeout=300)
+        left = pids_mentioning(str(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+        assert stopped.returncode == 0, stopped.stderr[-2000:]
+        assert not left, f"processes left after stop: {left}"
+
+
+def in_stack_shell(env: dict, folder: Path, command: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `command` in bash after `source <stack>/env.sh`, as the README tells a user to."""
+    return subprocess.run(["bash", "-c", f"source {folder}/env.sh && {command}"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_status_reports_every_service_up(stack):
+    env, _, ports = stack
+    status = subprocess.run(["bash", str(STACK), "status"], env=env, capture_output=True, text=True, timeout=120)
+    lines = status.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["S3", "up"], ["MLflow", "up"], ["Ray", "up"]], status.stdout
+    token_file = stack[1] / "ray-token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_ray_job_submit_writes_the_store_to_the_stacks_s3(stack, tmp_path):
+    env, folder, ports = stack
+    generate_toy_dataset(tmp_path / "toy", num_train=4, num_val=0, seed=2, size=(64, 128))
+    ray = REPO / ".venv" / "bin" / "ray"
+    submitted = in_stack_shell(  # `python` on the head is the checkout's venv (stack.sh sets PATH)
+        env, folder,
+        f"{ray} job submit --working-dir . -- python jobs/preprocess.py --source {tmp_path / 'toy'} "
+        "--out s3://crn/stack-store --resolutions 16x32,32x64 --splits train",
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "wrote 4 samples (train 4) to s3://crn/stack-store" in submitted.stdout
+
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['s3']}",
+                      aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1")
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket="crn", Prefix="stack-store/")["Contents"]]
+    assert "stack-store/manifest.json" in keys
+    assert any(key.endswith(".parquet") for key in keys)
+
+
+def test_the_job_server_refuses_a_client_without_the_token(stack):
+    env, folder, ports = stack
+    ray = REPO / ".venv" / "bin" / "ray"
+    refused = in_stack_shell(
+        env, folder,
+        f"unset RAY_AUTH_TOKEN; RAY_AUTH_TOKEN_PATH=/nonexistent/token {ray} job list", timeout=120,
+    )
+    assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower(), refused.stderr[-2000:]
