@@ -20,7 +20,7 @@ at 64x128, 128x256 and 256x512, in parts of the job's default size: 48 scenes, a
   workers), sampled every 0.2 s, while the job runs over the data set and over 4x the
   data set, after an untimed warm-up run (Ray workers grow by ~170 MiB each on their
   first task: imports and allocator pools). Streaming means the two peaks match.
-Ray gets 2 logical CPUs per core this process may use (as jobs.common.init_ray does).
+Ray gets 2 logical CPUs per core this process may use (as pipeline.runtime.init_ray does).
 The data set repeats a few distinct scenes (hard links under other names) so that making
 it costs seconds; decoding costs the same for a repeat as for a new scene.
 """
@@ -41,9 +41,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.schema import load_schema
-from pipeline.shards import rows_per_file_for
-from pipeline.toy import generate_toy_dataset
+from pipeline.data.schema import load_schema
+from pipeline.data.shards import rows_per_file_for
+from pipeline.data.toy import generate_toy_dataset
 
 RESOLUTIONS = [(64, 128), (128, 256), (256, 512)]
 FULL = {"distinct": 24, "samples": 960, "size": (512, 1024), "rounds": 3}
@@ -214,7 +214,7 @@ def timed_loop(source: Path, out: Path, rows_per_file: int) -> tuple[float, floa
 
 
 def run(quick: bool = False) -> list[dict]:
-    from jobs.common import init_ray
+    from pipeline.runtime import init_ray
 
     settings = QUICK if quick else FULL
     samples, size, rounds = settings["samples"], settings["size"], settings["rounds"]

@@ -3,11 +3,11 @@
     python -m bench.run_all bench_train_loop [--quick]
     python -m bench.bench_train_loop [--quick]
 
-In one run, on the same toy store (pipeline.toy scenes preprocessed by jobs.preprocess),
+In one run, on the same toy store (pipeline.data.toy.make_toy_store),
 the same model (crn-small, 64x128, K=4; crn-tiny in --quick), the same batch size, the same
 loss (CRNLoss with a random-weight VGG-19: the weights do not change the work), the same
-step function (jobs.train_loop.train_step) and the same torch threads:
-- Ray: `jobs.train.run` with one CPU worker: a Ray Data shard with local shuffling,
+step function (pipeline.training.loop.train_step) and the same torch threads:
+- Ray: `pipeline.training.job.run` with one CPU worker: a Ray Data shard with local shuffling,
   one-hot on the worker, a report every 10 steps (its per-step losses go to MLflow). The
   loop's own steps/s per report window (MLflow metric `steps_per_s`) are the measurements.
 - plain: the store's rows read once with pyarrow into memory, then the same steps in this
@@ -39,9 +39,9 @@ from crn.labels import one_hot
 from crn.losses import LAYER_WEIGHTS, CRNLoss
 from crn.model import CRN
 from crn.presets import make_config
-from jobs.train_config import TrainConfig, resolve
-from jobs.train_loop import loss_network, train_step
-from pipeline.store import decode_labels, decode_photos, label_column, open_store, photo_column
+from pipeline.data.store import decode_labels, decode_photos, label_column, open_store, photo_column
+from pipeline.training.config import TrainConfig, resolve
+from pipeline.training.loop import loss_network, train_step
 
 # More samples than steps: every timed step lies inside the first epoch.
 # Each Ray job runs `steps`: (steps / WINDOW - 1) measured windows. Plain loops and Ray jobs
@@ -57,16 +57,11 @@ EXPERIMENT = "bench-train-loop"
 
 
 def make_store(scratch: Path, samples: int, resolution: str) -> Path:
-    from jobs.preprocess import main as preprocess
-    from pipeline.toy import generate_toy_dataset
+    from pipeline.data.toy import make_toy_store
 
     height, width = map(int, resolution.split("x"))
-    generate_toy_dataset(scratch / "toy", num_train=samples, num_val=0, seed=0, size=(2 * height, 2 * width))
-    store = scratch / "store"
-    code = preprocess(["--source", str(scratch / "toy"), "--out", str(store), "--resolutions", resolution,
-                       "--splits", "train"])
-    assert code == 0, "preprocessing the benchmark's toy data failed"
-    return store
+    return make_toy_store(scratch / "store", scratch / "toy", num_train=samples, num_val=0,
+                          size=(2 * height, 2 * width), resolutions=resolution, splits="train")
 
 
 def plain_window_rates(config: TrainConfig, steps: int) -> list[float]:
@@ -125,8 +120,8 @@ def ray_window_rates(run_id: str) -> list[float]:
 def run(quick: bool = False) -> list[dict]:
     import mlflow
 
-    from jobs import train
-    from jobs.common import init_ray
+    from pipeline.runtime import init_ray
+    from pipeline.training import job as train
 
     sizes = QUICK if quick else FULL
     threads = max(1, (os.cpu_count() or 2) // 2)  # the other half runs Ray Data, the controller, MLflow logging
@@ -136,7 +131,7 @@ def run(quick: bool = False) -> list[dict]:
         os.environ["CRN_WORK_DIR"] = str(scratch / "work")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
         try:
-            init_ray(dashboard=True)  # as jobs.train starts it
+            init_ray(dashboard=True)  # as the training job starts it
             # Artifacts beside the throw-away tracking store (MLflow's default is ./mlruns).
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
             mlflow.create_experiment(EXPERIMENT, artifact_location=(scratch / "artifacts").as_uri())

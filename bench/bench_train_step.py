@@ -22,7 +22,6 @@ slower in that layout here); VGG-19 alone in channels_last measured the same as 
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 import torch.nn as nn

@@ -12,6 +12,7 @@ sees half a checkpoint.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
@@ -76,22 +77,30 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint with `torch.load(weights_only=True)`; one-line errors for bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+def load_checkpoint(source: str | os.PathLike | bytes) -> dict[str, Any]:
+    """Read a checkpoint, from a path or from the bytes of one, with `torch.load(weights_only=True)`.
+
+    One-line errors for bad files: FileNotFoundError for a missing path, ValueError for
+    anything that is not a readable checkpoint of this format.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, handle = f"({len(source)} bytes)", io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        name, handle = str(path), path
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"checkpoint {path} cannot be read: {reason}") from exc
+        raise ValueError(f"checkpoint {name} cannot be read: {reason}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"checkpoint {path} is not a {FORMAT} file (format: {found!r})")
+        raise ValueError(f"checkpoint {name} is not a {FORMAT} file (format: {found!r})")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
-        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
+        raise ValueError(f"checkpoint {name} lacks {', '.join(missing)}")
     return ckpt
 
 

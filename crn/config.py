@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from crn.resolution import Resolution
+
 # The first refinement module M_0 always works at 4x8; each next module doubles both sides.
-BASE_RESOLUTION = (4, 8)
+BASE_RESOLUTION = Resolution(4, 8)
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,13 @@ class CRNConfig:
             raise ValueError(f"CRNConfig: num_outputs must be >= 1, got {self.num_outputs}")
 
     @property
-    def resolutions(self) -> list[tuple[int, int]]:
-        """(height, width) of every module, coarse first: [(4, 8), (8, 16), ...]."""
+    def resolutions(self) -> list[Resolution]:
+        """The size of every module, coarse first: [4x8, 8x16, ...]."""
         h, w = BASE_RESOLUTION
-        return [(h << i, w << i) for i in range(len(self.widths))]
+        return [Resolution(h << i, w << i) for i in range(len(self.widths))]
 
     @property
-    def top_resolution(self) -> tuple[int, int]:
+    def top_resolution(self) -> Resolution:
         """The size of the label maps the model takes and of the images it makes."""
         return self.resolutions[-1]
 
@@ -62,8 +64,3 @@ class CRNConfig:
             widths=tuple(int(w) for w in d["widths"]),
             num_outputs=int(d.get("num_outputs", 1)),
         )
-
-
-def resolution_name(resolution: tuple[int, int]) -> str:
-    """The project's spelling of a size: (64, 128) -> "64x128" (height x width)."""
-    return f"{resolution[0]}x{resolution[1]}"

@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crn.config import CRNConfig, resolution_name
+from crn.config import CRNConfig
 from crn.labels import label_pyramid
+from crn.resolution import Resolution
 
 LEAKY_SLOPE = 0.2
 # The authors' layer norm (tf.contrib.slim.layer_norm) adds 1e-12 to the variance.
@@ -55,7 +56,7 @@ class CRN(nn.Module):
         self.modules_by_res = nn.ModuleDict()
         previous_width = 0
         for resolution, width in zip(config.resolutions, config.widths):
-            self.modules_by_res[resolution_name(resolution)] = RefinementModule(previous_width + num_labels, width)
+            self.modules_by_res[str(resolution)] = RefinementModule(previous_width + num_labels, width)
             previous_width = width
         # Head with bias, no norm, no activation: 3K planar channels (R of all K, G of all K, B).
         self.head = nn.Conv2d(previous_width, 3 * config.num_outputs, kernel_size=1, bias=True)
@@ -69,14 +70,14 @@ class CRN(nn.Module):
         if not onehot.is_floating_point():
             raise ValueError(f"CRN input must be a float one-hot map (crn.labels.one_hot), got dtype {onehot.dtype}")
         height, width = onehot.shape[-2:]
-        if not _is_crn_size(height, width):
+        if not Resolution(height, width).is_crn_size:
             raise ValueError(
                 f"label map {height}x{width} is not 2^n x 2^(n+1) with n >= 2 (4x8, 8x16, ..., 256x512, ...)"
             )
         top = self.config.top_resolution
         if (height, width) != top:
             raise ValueError(
-                f"label map {height}x{width} does not match the model's top resolution {resolution_name(top)}"
+                f"label map {height}x{width} does not match the model's top resolution {top}"
             )
         if onehot.shape[1] != self.config.num_classes:
             raise ValueError(
@@ -101,10 +102,6 @@ class CRN(nn.Module):
         k = self.config.num_outputs
         # Planar split: image k is channels (k, K+k, 2K+k).
         return rgb.view(batch, 3, k, height, width).transpose(1, 2)  # [B, K, 3, H, W]
-
-
-def _is_crn_size(height: int, width: int) -> bool:
-    return height >= 4 and (height & (height - 1)) == 0 and width == 2 * height
 
 
 def to_uint8_images(out: torch.Tensor) -> torch.Tensor:

@@ -91,11 +91,11 @@ def toy_source(tmp_path_factory):
     """A toy data set in the Cityscapes layout: 8 train + 4 val street scenes at 128x256.
 
     `leftImg8bit/<split>/<city>/*_leftImg8bit.png` with `gtFine/.../*_gtFine_labelIds.png`
-    and `*_gtFine_color.png` (pipeline.toy, seed 0). Returns the folder (pathlib.Path).
+    and `*_gtFine_color.png` (pipeline.data.toy, seed 0). Returns the folder (pathlib.Path).
     Drawn once per session (well under a second). Treat it as read-only: tests that damage
     a data set copy it first.
     """
-    from pipeline.toy import generate_toy_dataset
+    from pipeline.data.toy import generate_toy_dataset
 
     root = tmp_path_factory.mktemp("toy_source")
     generate_toy_dataset(root, num_train=8, num_val=4, seed=0, size=TOY_SOURCE_SIZE)
@@ -104,19 +104,17 @@ def toy_source(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def toy_store(toy_source, ray_session, tmp_path_factory):
-    """`toy_source` preprocessed by `jobs.preprocess.main` into a local store (pathlib.Path).
+    """`toy_source` preprocessed by the real job into a local store (pipeline.data.toy.make_toy_store).
 
     Splits `train` (8) and `val` (4), resolutions 4x8, 8x16, 16x32, 32x64, 64x128, Cityscapes
     schema (20 classes, void = 19), photos included. Open it with
-    `pipeline.store.open_store(toy_store)`. Made once per session (a few seconds, on the
+    `pipeline.data.store.open_store(toy_store)`. Made once per session (a few seconds, on the
     session's Ray instance). Read-only: tests that change a store make their own.
     """
-    from jobs.preprocess import main
+    from pipeline.data.toy import make_toy_store
 
-    out = tmp_path_factory.mktemp("toy_store") / "store"
-    code = main(["--source", str(toy_source), "--out", str(out), "--resolutions", TOY_STORE_RESOLUTIONS])
-    assert code == 0, "preprocessing the toy data set failed"
-    return out
+    return make_toy_store(tmp_path_factory.mktemp("toy_store") / "store", toy_source, num_train=8, num_val=4,
+                          size=TOY_SOURCE_SIZE, resolutions=TOY_STORE_RESOLUTIONS)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from crn.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoi
 from crn.labels import one_hot
 from crn.model import CRN, to_uint8_images
 from crn.presets import make_config
-from pipeline.schema import load_schema
+from pipeline.data.schema import load_schema
 
 TEST_PRESET = "crn-tiny"
 TEST_NUM_OUTPUTS = 2

@@ -1,11 +1,14 @@
-"""infra/local/stack.sh: the real services start, take a job, and stop, as the README says.
+"""infra/local/stack.sh: the real services start, take jobs, and stop, as the README says.
 
     .venv/bin/python -m pytest tests/test_local_stack.py -q
 
 The stack runs on loopback ports picked here, in its own folder, so it never meets the
-session's Ray instance or a stack someone already runs. One `ray job submit` (with the
-token from work/stack/env.sh, as a user would source it) preprocesses a toy data set into
-the stack's S3 bucket; the CLI without the token is refused; `stop` leaves no process behind.
+session's Ray instance or a stack someone already runs. Its head is a Ray cluster as on a
+real one: token authentication on, a job server, an MLflow server and an S3 endpoint. With
+the token from <stack>/env.sh, sourced as a user would, `ray job submit` preprocesses a toy
+data set into the stack's S3 bucket, then trains on that store, with checkpoints on S3, and
+registers the model in the stack's MLflow; the CLI without the token is refused; `stop`
+leaves no process behind.
 """
 from __future__ import annotations
 
@@ -17,12 +20,16 @@ from pathlib import Path
 
 import boto3
 import pytest
-
-from pipeline.toy import generate_toy_dataset
+from mlflow.tracking import MlflowClient
 from processes import free_ports, pids_mentioning
+
+from pipeline.data.toy import generate_toy_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "infra" / "local" / "stack.sh"
+RAY = REPO / ".venv" / "bin" / "ray"
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +75,23 @@ def test_status_reports_every_service_up(stack):
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
 
 
-def test_ray_job_submit_writes_the_store_to_the_stacks_s3(stack, tmp_path):
-    env, folder, ports = stack
-    generate_toy_dataset(tmp_path / "toy", num_train=4, num_val=0, seed=2, size=(64, 128))
-    ray = REPO / ".venv" / "bin" / "ray"
+@pytest.fixture(scope="module")
+def submitted_store(stack, tmp_path_factory):
+    """`ray job submit` of the preprocessing job into s3://crn/stack-store: (completed process, URI)."""
+    env, folder, _ = stack
+    source = tmp_path_factory.mktemp("stack-toy")
+    generate_toy_dataset(source, num_train=4, num_val=0, seed=2, size=(64, 128))
     submitted = in_stack_shell(  # `python` on the head is the checkout's venv (stack.sh sets PATH)
         env, folder,
-        f"{ray} job submit --working-dir . -- python jobs/preprocess.py --source {tmp_path / 'toy'} "
+        f"{RAY} job submit --working-dir . -- python jobs/preprocess.py --source {source} "
         "--out s3://crn/stack-store --resolutions 16x32,32x64 --splits train",
     )
+    return submitted, "s3://crn/stack-store"
+
+
+def test_ray_job_submit_writes_the_store_to_the_stacks_s3(stack, submitted_store):
+    _, _, ports = stack
+    submitted, _ = submitted_store
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "wrote 4 samples (train 4) to s3://crn/stack-store" in submitted.stdout
 
@@ -87,11 +102,32 @@ def test_ray_job_submit_writes_the_store_to_the_stacks_s3(stack, tmp_path):
     assert any(key.endswith(".parquet") for key in keys)
 
 
+def test_ray_job_submit_trains_and_registers_in_the_stacks_mlflow(stack, submitted_store):
+    env, folder, ports = stack
+    submitted, store = submitted_store
+    assert submitted.returncode == 0, "the preprocessing job failed (see the test before)"
+    run_name = f"submitted-{uuid.uuid4().hex[:8]}"
+    trained = in_stack_shell(
+        env, folder,
+        f"{RAY} job submit --working-dir . -- python jobs/train.py --store {store} --preset crn-tiny "
+        "--num-outputs 2 --vgg-weights random --threads-per-worker 1 --batch-size 2 --steps 2 --image-every 0 "
+        f"--storage-path s3://crn/checkpoints --run-name {run_name} --model-name crn-stack-test",
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert f"trained {run_name} to step 2" in trained.stdout
+
+    client = MlflowClient(f"http://127.0.0.1:{ports['mlflow']}")
+    version = client.get_model_version_by_alias("crn-stack-test", "candidate")
+    run = client.get_run(version.run_id)
+    assert run.info.run_name == run_name and run.info.status == "FINISHED"
+    assert run.data.tags["crn.registered_version"] == str(version.version)
+
+
 def test_the_job_server_refuses_a_client_without_the_token(stack):
     env, folder, ports = stack
-    ray = REPO / ".venv" / "bin" / "ray"
     refused = in_stack_shell(
         env, folder,
-        f"unset RAY_AUTH_TOKEN; RAY_AUTH_TOKEN_PATH=/nonexistent/token {ray} job list", timeout=120,
+        f"unset RAY_AUTH_TOKEN; RAY_AUTH_TOKEN_PATH=/nonexistent/token {RAY} job list", timeout=120,
     )
     assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower(), refused.stderr[-2000:]

@@ -13,8 +13,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from synth_models import TEST_NUM_OUTPUTS, make_test_checkpoint, reference_images
 
-from jobs.common import UserError, setup_mlflow
-from jobs.model_registry import generate_images, load_model, log_and_register
+from crn.inference import generate_images
+from pipeline.errors import UserError
+from pipeline.registry.models import load_model, log_and_register
+from pipeline.runtime import setup_mlflow
 
 HEIGHT, WIDTH = 32, 64  # crn-tiny's top resolution
 

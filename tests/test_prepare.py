@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-
-from pipeline.prepare import BadInput, LabelMapper
-from pipeline.schema import load_schema
 from store_reference import train_ids
 
+from crn.resolution import parse_resolutions
+from pipeline.data.prepare import BadInput, LabelMapper
+from pipeline.data.schema import load_schema
+
 # (source height, width) -> resolutions: 4x/2x/1x reductions, and 100x200 -> 64x128 (1.5625x)
-CASES = [((128, 256), ((32, 64), (64, 128), (128, 256))), ((100, 200), ((16, 32), (64, 128)))]
+CASES = [((128, 256), parse_resolutions("32x64,64x128,128x256")), ((100, 200), parse_resolutions("16x32,64x128"))]
 
 
 def _as_mode(ids: np.ndarray, mode: str) -> Image.Image:
@@ -87,7 +88,7 @@ def test_colour_labels_follow_the_recipe():
     for index, colour in colours.items():
         rgb[classes == index] = colour
 
-    maps = mapper(Image.fromarray(rgb), "labels/c.png", ((16, 32), (64, 128)))
+    maps = mapper(Image.fromarray(rgb), "labels/c.png", parse_resolutions("16x32,64x128"))
 
     assert np.array_equal(maps["64x128"], classes)
     assert np.array_equal(maps["16x32"], _recipe(ids, 16, 32))

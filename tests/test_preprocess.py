@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.preprocess import main, run
-from pipeline.store import StoreError, open_store
+from jobs.preprocess import main
+from pipeline.runtime import entrypoint
+
+run = entrypoint(main)  # what the command line runs: user errors become exit code 2
 from store_reference import read_store_plainly
+
+from pipeline.data.store import StoreError, open_store
 
 RESOLUTIONS = "4x8,8x16,16x32,32x64,64x128"  # the toy_store fixture's
 SAME_AS_TOY_STORE = ["--resolutions", RESOLUTIONS]

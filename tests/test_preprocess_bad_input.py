@@ -13,10 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.preprocess import main, run
-from pipeline.store import open_store
-from pipeline.toy import generate_toy_dataset
+from jobs.preprocess import main
+from pipeline.runtime import entrypoint
+
+run = entrypoint(main)  # what the command line runs: user errors become exit code 2
 from store_reference import cityscapes_files, expected_sample, read_store_plainly
+
+from pipeline.data.store import open_store
+from pipeline.data.toy import generate_toy_dataset
 
 RESOLUTIONS = "16x32,64x128"
 

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.resolution import parse_resolution, parse_resolutions
-from pipeline.schema import INVALID, SchemaError, SchemaMismatch, check_schema_match, load_schema
+from crn.resolution import Resolution, parse_resolutions
+from pipeline.data.schema import INVALID, SchemaError, SchemaMismatch, check_schema_match, load_schema
 
 # The official Cityscapes label id -> train id table, written out independently of
 # pipeline/cityscapes.py (void = 19 here, i.e. trainId 255 / -1 in the official table).
@@ -118,11 +118,11 @@ def test_schema_mismatch_is_one_line_naming_the_difference():
 
 
 def test_resolutions_are_h_by_2h_with_h_4_times_a_power_of_two():
-    assert parse_resolutions("64x128, 4x8,64x128") == [(4, 8), (64, 128)]
-    assert parse_resolution("1024x2048") == (1024, 2048)
+    assert parse_resolutions("64x128, 4x8,64x128") == ((4, 8), (64, 128))
+    assert Resolution.parse("1024x2048") == (1024, 2048)
     for bad in ("48x96", "64x64", "2x4", "64*128", "x", "0x0"):
         with pytest.raises(ValueError):
-            parse_resolution(bad)
+            Resolution.parse(bad)
 
 
 def test_id_table_maps_a_label_image_like_a_dictionary():

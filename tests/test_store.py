@@ -9,10 +9,6 @@ import os
 
 import numpy as np
 import pytest
-
-from jobs.preprocess import main as preprocess
-from pipeline.schema import load_schema
-from pipeline.store import StoreError, open_store
 from store_reference import (
     cityscapes_files,
     column_chunk_ranges,
@@ -21,6 +17,11 @@ from store_reference import (
     read_store_plainly,
     recording_filesystem,
 )
+
+from crn.resolution import Resolution
+from jobs.preprocess import main as preprocess
+from pipeline.data.schema import load_schema
+from pipeline.data.store import StoreError, open_store
 
 RESOLUTIONS = ["4x8", "8x16", "16x32", "32x64", "64x128"]  # the toy_store fixture's
 
@@ -81,7 +82,7 @@ def test_store_api_matches_the_plain_reading(toy_store):
     assert store.splits == ["train", "val"] and store.resolutions == RESOLUTIONS
     assert store.count("train") == 8 and store.count("val") == 4
     assert store.schema == load_schema("cityscapes") and store.has_photos
-    table = store.read_table("val", (32, 64))
+    table = store.read_table("val", Resolution(32, 64))
     assert table.column_names == ["sample_id", "label_32x64", "photo_32x64"]
     plain = read_store_plainly(toy_store, "val", "32x64")
     assert table.column("sample_id").to_pylist() == list(plain)

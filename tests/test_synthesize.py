@@ -25,14 +25,17 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from synth_models import TEST_NUM_OUTPUTS, make_test_checkpoint, reference_images
 
-from jobs.common import UserError, entrypoint, setup_mlflow
-from jobs.model_registry import log_and_register
-from jobs.synthesis_output import encode_png
-from jobs.synthesize import config_from_argv, main, run
-from jobs.visualize import colorize, schema_palette
+from jobs.synthesize import main
+from pipeline.data.schema import load_schema
+from pipeline.data.store import decode_labels, label_column, open_store
+from pipeline.errors import UserError
 from pipeline.fs import filesystem_for
-from pipeline.schema import load_schema
-from pipeline.store import decode_labels, label_column, open_store
+from pipeline.registry.models import log_and_register
+from pipeline.runtime import entrypoint, setup_mlflow
+from pipeline.synthesis.config import parse_synthesize_config as config_from_argv
+from pipeline.synthesis.job import run
+from pipeline.synthesis.outputs import encode_png
+from pipeline.visualize import colorize, schema_palette
 
 RESOLUTION = "32x64"  # crn-tiny's top resolution
 BATCH_SIZE = 4

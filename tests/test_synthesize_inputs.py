@@ -19,10 +19,13 @@ import pytest
 from PIL import Image
 from synth_models import TEST_NUM_OUTPUTS, make_test_checkpoint, reference_images
 
-from jobs.common import UserError, entrypoint
-from jobs.synthesize import config_from_argv, main, run
-from pipeline.cityscapes import LABELS
-from pipeline.schema import SchemaMismatch, load_schema
+from jobs.synthesize import main
+from pipeline.data.cityscapes import LABELS
+from pipeline.data.schema import SchemaMismatch, load_schema
+from pipeline.errors import UserError
+from pipeline.runtime import entrypoint
+from pipeline.synthesis.config import parse_synthesize_config as config_from_argv
+from pipeline.synthesis.job import run
 
 HEIGHT, WIDTH = 32, 64  # crn-tiny's top resolution
 

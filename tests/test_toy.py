@@ -10,8 +10,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from pipeline.cityscapes import LABELS
-from pipeline.toy import generate_toy_dataset, main, render_scene
+from pipeline.data.cityscapes import LABELS
+from pipeline.data.toy import generate_toy_dataset, main, render_scene
+from pipeline.runtime import entrypoint
 
 SIZE = (64, 128)
 
@@ -105,4 +106,4 @@ def test_command_line_writes_data_set_and_preview(tmp_path, capsys):
     assert len(list((tmp_path / "toy" / "leftImg8bit").rglob("*.png"))) == 3
     sheet = Image.open(tmp_path / "preview.png")
     assert sheet.size == (128, 96)  # 3 scenes of photo + label side by side
-    assert main(["--out", str(tmp_path / "x"), "--size", "big"]) == 2
+    assert entrypoint(main)(["--out", str(tmp_path / "x"), "--size", "big"]) == 2  # one line, exit code 2

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import ray.train
 import torch
+from faults import dying_once
 from mlflow.tracking import MlflowClient
 
 from crn.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
@@ -28,13 +29,15 @@ from crn.losses import LAYER_WEIGHTS, CRNLoss, recalibrate
 from crn.model import CRN
 from crn.presets import make_config
 from crn.vgg import VGG19Features
-from jobs import train
-from jobs.common import entrypoint
-from jobs.model_registry import load_model
-from jobs.train_config import config_from_argv
-from jobs.train_loop import CHECKPOINT_FILE
-from pipeline.schema import load_schema
-from pipeline.store import decode_labels, decode_photos, label_column, open_store, photo_column
+from jobs.train import main as train_main
+from pipeline.data.schema import load_schema
+from pipeline.data.store import decode_labels, decode_photos, label_column, open_store, photo_column
+from pipeline.registry.models import load_model
+from pipeline.runtime import entrypoint
+from pipeline.training import job as train
+from pipeline.training.config import parse_train_config as config_from_argv
+from pipeline.training.loop import CHECKPOINT_FILE, train_loop_per_worker
+from pipeline.training.plan import make_plan
 
 EXPERIMENT = "test-train"
 NUM_CLASSES, K = 20, 2
@@ -62,8 +65,8 @@ def tiny_argv(store, run_name: str, *extra: str) -> list[str]:
             "--seed", str(SEED), *extra]
 
 
-def fit(argv: list[str]) -> train.TrainOutcome:
-    return train.run(config_from_argv(argv))
+def fit(argv: list[str], train_loop=train_loop_per_worker) -> train.TrainOutcome:
+    return train.run(config_from_argv(argv), train_loop)
 
 
 def checkpoint_of(outcome: train.TrainOutcome) -> dict:
@@ -86,19 +89,19 @@ def loss_steps(run_id: str) -> list[int]:
     (["--train-modules", "64x128"], "--train-modules '64x128': unknown module(s) 64x128"),
 ])
 def test_bad_input_is_one_line_before_any_worker(toy_store, ray_session, capsys, extra, message):
-    code = entrypoint(train.main)(tiny_argv(toy_store, unique("bad"), *extra))
+    code = entrypoint(train_main)(tiny_argv(toy_store, unique("bad"), *extra))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
 def test_missing_store_and_uncached_imagenet_weights_are_one_line_errors(tmp_path, toy_store, capsys, monkeypatch):
-    code = entrypoint(train.main)(tiny_argv(tmp_path / "nowhere", unique("bad")))
+    code = entrypoint(train_main)(tiny_argv(tmp_path / "nowhere", unique("bad")))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "manifest.json is missing" in err[0]
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no cached ImageNet weights here
     argv = tiny_argv(toy_store, unique("bad"))
     argv[argv.index("random")] = "imagenet"
-    code = entrypoint(train.main)(argv)
+    code = entrypoint(train_main)(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "VGG-19 ImageNet weights not found" in err[0]
 
@@ -110,7 +113,7 @@ def test_earlier_stage_with_another_schema_is_refused(tmp_path, toy_store, capsy
     path = tmp_path / "other-schema.pt"
     save_checkpoint(path, make_checkpoint(earlier, optimizer=None, step=0, epoch=0, loss_weights=[1.0] * 6,
                                           label_schema=schema))
-    code = entrypoint(train.main)(tiny_argv(toy_store, unique("bad"), "--init-from", str(path)))
+    code = entrypoint(train_main)(tiny_argv(toy_store, unique("bad"), "--init-from", str(path)))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "label schema mismatch" in err[0], err
 
@@ -152,13 +155,16 @@ def test_two_workers_make_the_update_of_one_step_on_the_combined_batch(toy_store
 # ---------------------------------------------------------------- a lost worker
 
 
-def test_a_killed_worker_is_survived_from_the_last_checkpoint(toy_store, ray_session, s3_endpoint):
-    """2 ranks x batch 2: 2 steps per epoch. Rank 1 dies before step 3; the group restarts
+@pytest.mark.slow
+def test_a_killed_worker_is_survived_from_the_last_checkpoint(toy_store, ray_session, s3_endpoint, tmp_path):
+    """2 ranks x batch 2: 2 steps per epoch. Rank 1 dies after step 2; the group restarts
     from the step-2 checkpoint (in S3) and finishes the 4 steps."""
     run_name = unique("fault")
     outcome = fit(tiny_argv(toy_store, run_name, "--num-workers", "2", "--batch-size", "2", "--steps", "4",
-                            "--checkpoint-every", "2", "--log-every", "1", "--fault-at-step", "3",
-                            "--max-failures", "1", "--storage-path", "s3://test-bucket/ray-results"))
+                            "--checkpoint-every", "2", "--log-every", "1",
+                            "--max-failures", "1", "--storage-path", "s3://test-bucket/ray-results"),
+                  dying_once(tmp_path / "died", after_step=2, rank=1))
+    assert (tmp_path / "died").exists()
     assert outcome.final["step"] == 4 and outcome.final["resumed_from_step"] == 2
     assert checkpoint_of(outcome)["step"] == 4
     assert outcome.checkpoint.path.startswith(f"test-bucket/ray-results/{run_name}/")
@@ -223,13 +229,14 @@ def test_layer_weights_are_recalibrated_from_the_measured_terms(short_run):
     assert short_run.final["loss_weights"] != list(LAYER_WEIGHTS["cityscapes-256p"])
 
 
-def test_rerun_after_a_stop_resumes_and_matches_an_uninterrupted_run(short_run, toy_store):
-    """The short run's schedule, stopped before step 6 (after the step-4 checkpoint, in the
-    middle of the recalibration epoch), then the same command again."""
-    stopped = tiny_argv(toy_store, unique("stopped"), *SHORT_SCHEDULE, "--fault-at-step", "6", "--max-failures", "0",
+@pytest.mark.slow
+def test_rerun_after_a_stop_resumes_and_matches_an_uninterrupted_run(short_run, toy_store, tmp_path):
+    """The short run's schedule, stopped after step 4 (its checkpoint, in the middle of the
+    recalibration epoch), then the same command again."""
+    stopped = tiny_argv(toy_store, unique("stopped"), *SHORT_SCHEDULE, "--max-failures", "0",
                         "--model-name", "crn-test-resumed")  # leaves the short run's registered model alone
     with pytest.raises(ray.train.TrainingFailedError):
-        fit(stopped)
+        fit(stopped, dying_once(tmp_path / "died", after_step=4, rank=0))
     resumed = fit(stopped)
 
     assert resumed.final["resumed_from_step"] == 4 and resumed.final["step"] == 12
@@ -274,7 +281,7 @@ def test_mlflow_holds_config_metrics_images_and_the_registered_candidate(short_r
 def test_a_registered_model_seeds_the_next_stage(short_run, toy_store):
     """A K=1 stage from the registered K=2 model (models:/ URI): its modules, not its head."""
     name = MlflowClient().get_run(short_run.run_id).data.params["model_name"]
-    plan = train.make_plan(config_from_argv(["--store", str(toy_store), "--preset", "crn-tiny", "--num-outputs", "1",
+    plan = make_plan(config_from_argv(["--store", str(toy_store), "--preset", "crn-tiny", "--num-outputs", "1",
                                              "--vgg-weights", "random", "--init-from", f"models:/{name}@candidate"]))
     registered = load_model(f"models:/{name}@candidate").model.state_dict()
     assert {k.split(".")[1] for k in plan.init_weights} == {"4x8", "8x16", "16x32", "32x64"}

@@ -8,6 +8,7 @@ gradients), and the formula (per-step averages over ranks).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,19 @@ from crn.config import CRNConfig
 from crn.labels import one_hot
 from crn.losses import LAYER_WEIGHTS, CRNLoss
 from crn.model import CRN
-from crn.presets import make_config
+from crn.presets import PRESETS, make_config
+from crn.resolution import Resolution
 from crn.vgg import VGG19Features
-from jobs import train_stages
-from jobs.common import UserError
-from jobs.train_config import config_from_argv, resolve
-from jobs.train_loop import epoch_seed, train_step
-from jobs.train_tracking import average_over_ranks
-from jobs.visualize import colorize, image_grid, schema_palette
-from pipeline.schema import load_schema
+from pipeline.data.schema import load_schema
+from pipeline.errors import UserError
+from pipeline.options import build_parser, from_dict, to_dict
+from pipeline.training import stages as train_stages
+from pipeline.training.config import TrainConfig, resolve
+from pipeline.training.config import parse_train_config as config_from_argv
+from pipeline.training.loop import epoch_seed, train_step
+from pipeline.training.recipe import recipe_for, recipe_table
+from pipeline.training.tracking import average_over_ranks
+from pipeline.visualize import colorize, image_grid, schema_palette
 
 L = 20
 
@@ -46,7 +51,7 @@ def tiny_batch(seed: int, batch: int = 2, size=(32, 64)):
 
 def test_resolve_fills_recipe_defaults_and_a_stable_run_name(tmp_path):
     config = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p"]))
-    assert (config.resolution, config.num_outputs, config.epochs) == ("256x512", 9, 200)
+    assert (str(config.resolution), config.num_outputs, config.epochs) == ("256x512", 9, 200)
     assert config.loss_weights == "cityscapes-256p" and config.lr == 1e-4 and config.batch_size == 1
     config_512 = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-512p"]))
     assert (config_512.num_outputs, config_512.epochs, config_512.loss_weights) == (1, 20, "cityscapes-512p")
@@ -54,6 +59,41 @@ def test_resolve_fills_recipe_defaults_and_a_stable_run_name(tmp_path):
     assert again.run_name == config.run_name, "operational flags must not change the run (resume key)"
     other = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p", "--seed", "1"]))
     assert other.run_name != config.run_name
+
+
+def test_the_recipe_table_picks_rows_by_preset_and_data_set(tmp_path):
+    """crn-spec.md 3.2 and 4: GTA5 has its own 256p row; 512p and 1024p start from the stage below."""
+    argv = ["--store", str(tmp_path), "--preset", "crn-256p"]
+    assert resolve(config_from_argv(argv), "gta5").loss_weights == "gta5-256p"
+    assert resolve(config_from_argv(argv), "cityscapes").loss_weights == "cityscapes-256p"
+    assert resolve(config_from_argv(argv), "paired").loss_weights == "cityscapes-256p"
+    assert resolve(config_from_argv(argv + ["--loss-weights", "uncalibrated"]), "gta5").loss_weights == "uncalibrated"
+    row_1024 = recipe_for("crn-1024p", "cityscapes")
+    assert (row_1024.epochs, row_1024.loss_weights, row_1024.starts_from) == (5, "cityscapes-512p", "crn-512p")
+    assert recipe_for("crn-512p", "gta5").starts_from == "crn-256p"
+    # The recipe's trained modules belong to its stage: from scratch, everything learns.
+    argv_1024 = ["--store", str(tmp_path), "--preset", "crn-1024p"]
+    assert resolve(config_from_argv(argv_1024)).train_modules == "all"
+    staged = resolve(config_from_argv(argv_1024 + ["--init-from", "models:/crn-512p@champion"]))
+    assert staged.train_modules == "512x1024,1024x2048,head"
+    table = recipe_table()
+    assert {row["preset"] for row in table} == set(PRESETS)
+    assert next(r for r in table if r["preset"] == "crn-256p")["widths"] == [1024] * 5 + [512, 512]
+
+
+def test_every_option_is_declared_once_and_parsed_at_the_edge(tmp_path):
+    """The flag, its help and its check come from the dataclass field; text becomes typed values."""
+    parser = build_parser(TrainConfig, "train", "")
+    flags = {a.dest for a in parser._actions if a.dest != "help"}
+    assert flags == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(a.help for a in parser._actions)
+    config = config_from_argv(["--store", str(tmp_path), "--resolution", "64x128", "--lr", "0.5"])
+    assert config.resolution == Resolution(64, 128) and config.lr == 0.5
+    assert from_dict(TrainConfig, to_dict(config)) == config, "the config crosses the Ray boundary unchanged"
+    with pytest.raises(UserError, match="--resolution: resolution 64x100 is not h x 2h"):
+        config_from_argv(["--store", str(tmp_path), "--resolution", "64x100"])
+    with pytest.raises(UserError, match="--lr: must be positive"):
+        config_from_argv(["--store", str(tmp_path), "--lr", "0"])
 
 
 @pytest.mark.parametrize("flag, value", [("--num-workers", "0"), ("--batch-size", "0"), ("--steps", "-1")])
@@ -186,7 +226,8 @@ def test_ray_train_report_log_is_quieted():
     import logging
 
     import ray.train
-    from jobs.train_loop import quiet_report_log
+
+    from pipeline.training.loop import quiet_report_log
 
     path = Path(ray.train.__file__).parent / "v2" / "_internal" / "execution" / "context.py"
     assert path.exists()

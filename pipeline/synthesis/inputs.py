@@ -8,7 +8,7 @@ store) and `reject` is empty for a good sample, the reason it cannot be used oth
 Rejected rows carry an all-zero label so that every row has the same shape.
 
 A folder of label maps goes through exactly the checks preprocessing applies
-(pipeline.sources.scan_source with layout `labels-only`, then pipeline.prepare): files
+(pipeline.data.sources.scan_source with layout `labels-only`, then pipeline.data.prepare): files
 that are not PNG, unreadable or truncated, not 1:2, smaller than the model's resolution, or
 holding ids/colours outside the schema are rejected with their path; good ones are mapped
 to class indices and downsampled to the model's resolution by nearest neighbour.
@@ -24,12 +24,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from jobs.common import UserError
-from pipeline.prepare import BadInput, PrepareSettings, SamplePreparer
-from pipeline.resolution import Resolution, format_resolution
-from pipeline.schema import LabelSchema
-from pipeline.sources import SourceError, display_path, scan_source
-from pipeline.store import decode_batch, open_store
+from crn.resolution import Resolution
+from pipeline.data.prepare import BadInput, PrepareSettings, SamplePreparer
+from pipeline.data.schema import LabelSchema
+from pipeline.data.sources import SourceError, display_path, scan_source
+from pipeline.data.store import decode_batch, open_store
+from pipeline.errors import UserError
 
 
 @dataclass
@@ -72,7 +72,7 @@ def _mark_all_good(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def open_label_folder(uri: str, schema: LabelSchema, label_type: str, resolution: Resolution) -> SynthesisInput:
-    """Label maps under `uri` (see pipeline.sources, layout `labels-only`), in `schema`."""
+    """Label maps under `uri` (see pipeline.data.sources, layout `labels-only`), in `schema`."""
     try:
         scan = scan_source(uri, "labels-only", label_type, None)
     except SourceError as exc:
@@ -114,7 +114,7 @@ def _prepare_labels(batch: dict[str, np.ndarray], settings: PrepareSettings, fil
     for i, (sample_id, path) in enumerate(zip(sample_ids, batch["path"])):
         try:
             prepared = preparer.prepare("labels", sample_id, path, None)
-            labels[i] = prepared.labels[format_resolution((height, width))]
+            labels[i] = prepared.labels[str(settings.resolutions[-1])]
         except BadInput as bad:
             reasons[i] = bad.reason
     return {"sample_id": np.asarray(sample_ids, dtype=object), "label": labels, "source": sources, "reject": reasons}

@@ -3,8 +3,8 @@
 A registered CRN is an `mlflow.pyfunc` model that carries the crn checkpoint file itself
 (`artifacts/crn_checkpoint.pt`, the self-describing dict of crn.checkpoint) plus a small
 `PythonModel` wrapper. Anything that speaks MLflow can call it
-(`mlflow.pyfunc.load_model(uri).predict(uint8 [B,H,W]) -> uint8 [B,K,H,W,3]`), while our
-jobs skip the wrapper and rebuild the model straight from the checkpoint
+(`mlflow.pyfunc.load_model(uri).predict(uint8 [B,H,W]) -> uint8 [B,K,H,W,3]`), while the
+pipeline skips the wrapper and rebuilds the model straight from the checkpoint
 (`load_model(uri)`), which needs nothing but torch and this repository.
 
 Why not `mlflow.pytorch.log_model`: its default format (torch.export, "pt2") needs an input
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from crn.checkpoint import load_checkpoint, model_from_checkpoint
-from crn.labels import one_hot
-from crn.model import CRN, to_uint8_images
-from jobs.common import REPO_ROOT, UserError
+from crn.model import CRN
+from pipeline.errors import UserError, first_line
+from pipeline.registry.pyfunc import CHECKPOINT_KEY, CRNPythonModel
+from pipeline.runtime import REPO_ROOT
 
 # The name the checkpoint file gets inside a logged model; `artifacts/<this>` in its folder.
 CHECKPOINT_ARTIFACT = "crn_checkpoint.pt"
-CHECKPOINT_KEY = "checkpoint"
 # The checkpoint entries that hold tensors of weights or optimizer state.
 WEIGHT_KEYS = ("model", "optimizer")
 
@@ -70,42 +70,6 @@ class ResolvedCheckpoint:
             shutil.rmtree(self.download_dir, ignore_errors=True)
 
 
-def generate_images(
-    model: CRN, labels: np.ndarray, *, device: str = "cpu", bf16: bool = False, batch_size: int | None = None
-) -> np.ndarray:
-    """Run the generator on class-index maps: uint8 [B,H,W] -> uint8 images [B,K,H,W,3].
-
-    This is the documented meaning of a synthesized image: the model's unclamped output
-    clamped to [0, 255] and rounded (crn.model.to_uint8_images). With `bf16` the forward pass
-    runs under bfloat16 autocast (GPUs), so its bytes differ slightly from float32's.
-
-    `batch_size` fixes the shape of every forward pass: the maps go through in chunks of
-    exactly that many, the last chunk padded with copies of its last map. Convolution
-    kernels pick their algorithm (and so their rounding) by batch size, so without this a
-    sample's pixels could change with the number of samples that happened to share its
-    batch; with it they depend only on the map, the weights and the settings.
-    """
-    labels = np.ascontiguousarray(labels)
-    chunk = batch_size or len(labels)
-    outputs = []
-    for start in range(0, len(labels), chunk):
-        maps = labels[start:start + chunk]
-        count = len(maps)
-        if count < chunk:
-            maps = np.concatenate([maps, np.repeat(maps[-1:], chunk - count, axis=0)])
-        outputs.append(_forward_uint8(model, maps, device, bf16)[:count])
-    if not outputs:
-        return np.zeros((0, model.config.num_outputs, *labels.shape[1:], 3), np.uint8)
-    return np.concatenate(outputs)
-
-
-def _forward_uint8(model: CRN, labels: np.ndarray, device: str, bf16: bool) -> np.ndarray:
-    index_maps = torch.from_numpy(labels).to(device=device, dtype=torch.long)
-    with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-        out = model(one_hot(index_maps, model.config.num_classes))  # [B,K,3,H,W]
-    return to_uint8_images(out.float()).cpu().numpy()  # [B,K,H,W,3]
-
-
 def log_and_register(checkpoint_path: str | os.PathLike, model_name: str, alias: str = "candidate") -> str:
     """Log the checkpoint as an MLflow model in the active run, register it, set `alias`.
 
@@ -114,8 +78,6 @@ def log_and_register(checkpoint_path: str | os.PathLike, model_name: str, alias:
     """
     import mlflow
     from mlflow.models import ModelSignature
-
-    from jobs.crn_pyfunc import CRNPythonModel
     from mlflow.tracking import MlflowClient
     from mlflow.types import Schema, TensorSpec
 
@@ -142,7 +104,7 @@ def log_and_register(checkpoint_path: str | os.PathLike, model_name: str, alias:
                     python_model=CRNPythonModel(),
                     artifacts={CHECKPOINT_KEY: str(staged)},
                     # The wrapper's code travels with the model, so it loads outside this repo too.
-                    code_paths=[str(REPO_ROOT / "crn"), str(REPO_ROOT / "jobs")],
+                    code_paths=[str(REPO_ROOT / "crn"), str(REPO_ROOT / "pipeline")],
                     # Listed explicitly: inferring them would load the model in a subprocess.
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"],
                     signature=signature,
@@ -194,7 +156,7 @@ def _download_s3_checkpoint(uri: str) -> ResolvedCheckpoint:
         path.write_bytes(read_bytes(fs, key))
     except (OSError, ValueError) as exc:
         shutil.rmtree(download_dir, ignore_errors=True)
-        raise UserError(f"model checkpoint {uri}: cannot read ({_first_line(exc)})") from None
+        raise UserError(f"model checkpoint {uri}: cannot read ({first_line(exc)})") from None
     return ResolvedCheckpoint(path=path, uri=uri, version=None, download_dir=download_dir)
 
 
@@ -218,7 +180,7 @@ def _download_checkpoint(uri: str, download_dir: Path) -> Path:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=target_uri, dst_path=str(download_dir / "ckpt")))
     except Exception as exc:  # MLflow, boto3 and HTTP clients each raise their own types
-        raise UserError(f"model {uri}: cannot download ({_first_line(exc)})") from None
+        raise UserError(f"model {uri}: cannot download ({first_line(exc)})") from None
     if not local.is_file():
         raise UserError(f"model {uri}: names a folder that is neither an MLflow model nor a checkpoint file")
     return local
@@ -231,12 +193,8 @@ def _registry_call(uri: str, method: str, *args):
     try:
         return getattr(MlflowClient(), method)(*args)
     except MlflowException as exc:
-        raise UserError(f"model {uri}: {_first_line(exc)}") from exc
+        raise UserError(f"model {uri}: {first_line(exc)}") from exc
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def without_weights(ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.utils.checkpoint
 
-from crn.config import CRNConfig, resolution_name
+from crn.config import CRNConfig
 from crn.model import CRN
-from jobs.common import UserError
+from pipeline.errors import UserError
 
 HEAD = "head"
 MODULE_PREFIX = "modules_by_res."
@@ -23,7 +23,7 @@ MODULE_PREFIX = "modules_by_res."
 
 def module_names(config: CRNConfig) -> list[str]:
     """The names `--train-modules` accepts: the refinement modules, coarse first, then "head"."""
-    return [resolution_name(r) for r in config.resolutions] + [HEAD]
+    return [str(r) for r in config.resolutions] + [HEAD]
 
 
 def parse_train_modules(spec: str, config: CRNConfig) -> list[str]:

@@ -1,15 +1,14 @@
-"""The Cityscapes label table and the built-in `cityscapes` schema (also right for GTA5).
+"""The Cityscapes label table, from which pipeline.data.schema builds the built-in `cityscapes` schema.
 
 The table is the official one (cityscapesScripts' labels.py, written out here from its
 published values): 34 label ids plus license plate (-1), their train ids and colours. The
 19 labels with a train id become the schema's classes in train-id order; every other label
-is void (index 19). GTA5's colour-coded labels use the same colours.
+is void (index 19). GTA5's colour-coded labels use the same colours. Plain data: this
+module imports nothing of the project, so the schema module can build on it.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
-
-from pipeline.schema import LabelClass, LabelSchema
 
 
 class CityscapesLabel(NamedTuple):
@@ -61,14 +60,3 @@ NUM_TRAIN_CLASSES = 19
 
 LABEL_BY_NAME = {label.name: label for label in LABELS}
 
-
-def cityscapes_schema() -> LabelSchema:
-    """19 train classes in train-id order, then void gathering the other 16 labels."""
-    classes = []
-    for train_id in range(NUM_TRAIN_CLASSES):
-        (label,) = [l for l in LABELS if l.train_id == train_id]
-        classes.append(LabelClass(label.name, (label.id,), (label.color,)))
-    void_labels = [l for l in LABELS if not 0 <= l.train_id < NUM_TRAIN_CLASSES]
-    void_colors = tuple(dict.fromkeys(l.color for l in void_labels))  # distinct, in table order
-    void = LabelClass("void", tuple(l.id for l in void_labels), void_colors)
-    return LabelSchema("cityscapes", tuple(classes), void)

@@ -5,7 +5,7 @@
 
 Every picture is embedded as a base64 PNG, so the page is one self-contained file that
 MLflow shows as an artifact and that can be mailed around. Label maps are drawn in their
-schema's colours (jobs.visualize.colorize). Large images are shrunk to thumbnails to keep
+schema's colours (pipeline.visualize.colorize). Large images are shrunk to thumbnails to keep
 the page light (labels by nearest neighbour so no colour is invented); small ones are shown
 enlarged with pixelated rendering so a 32x64 test image is still visible.
 """
@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from jobs.visualize import colorize
+from pipeline.visualize import colorize, png_bytes
 
 # Thumbnails are at most this wide (pixels); the page shows every tile at this width.
 THUMBNAIL_WIDTH = 256
@@ -71,7 +70,5 @@ def _image_cell(image: np.ndarray, resample: Image.Resampling) -> str:
     if picture.width > THUMBNAIL_WIDTH:
         height = round(picture.height * THUMBNAIL_WIDTH / picture.width)
         picture = picture.resize((THUMBNAIL_WIDTH, height), resample)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    encoded = base64.b64encode(png_bytes(picture)).decode("ascii")
     return f'<td><img alt="" src="data:image/png;base64,{encoded}"></td>'

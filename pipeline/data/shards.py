@@ -4,7 +4,7 @@ The driver cuts each split's sorted candidates into consecutive shards of `rows_
 samples; shard i of split s becomes `data/<key>/<s>/part-<i>.parquet`. The cut depends only
 on the candidates and the settings, never on how many workers run, so the store is the same
 whatever the parallelism. `build_shard` is what a Ray Data task runs for one shard: prepare
-each sample (pipeline.prepare), write the part in one atomic step, and return a small
+each sample (pipeline.data.prepare), write the part in one atomic step, and return a small
 summary (rows, class pixels, rejects) for the manifest. The summary is also stored in the
 part's Parquet footer, so a rerun reuses a finished part by reading its footer alone.
 """
@@ -19,11 +19,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline.data.prepare import BadInput, PreparedSample, PrepareSettings, SamplePreparer
+from pipeline.data.sources import Candidate, display_path
+from pipeline.data.store import StoreError, arrow_schema, label_column, photo_column, write_part
 from pipeline.fs import join, write_atomically
-from pipeline.prepare import BadInput, PrepareSettings, PreparedSample, SamplePreparer
-from pipeline.resolution import format_resolution
-from pipeline.sources import Candidate, display_path
-from pipeline.store import StoreError, arrow_schema, label_column, photo_column, write_part
 
 PART_METADATA_KEY = b"crn.part"
 
@@ -73,7 +72,7 @@ def plan_shards(candidates: list[Candidate], splits: list[str], rows_per_file: i
 def build_shard(
     row: dict,
     *,
-    settings: dict,
+    settings: PrepareSettings,
     source_fs: pafs.FileSystem,
     source_uri: str,
     store_fs: pafs.FileSystem,
@@ -88,7 +87,7 @@ def build_shard(
     summary = _finished_part_summary(store_fs, target, shard)
     if summary is None:
         try:
-            summary = _build(shard, _settings_from_dict(settings), source_fs, source_uri, store_fs, target)
+            summary = _build(shard, settings, source_fs, source_uri, store_fs, target)
         except StoreError as exc:
             # Reported, not raised: the other parts still get written (a rerun then has
             # less to do), and the driver turns it into one line instead of a Ray traceback.
@@ -120,7 +119,7 @@ def _build(shard: Shard, settings: PrepareSettings, source_fs, source_uri, store
         "reused": False,
     }
     if prepared:
-        table = _to_table(prepared, [format_resolution(r) for r in settings.resolutions])
+        table = _to_table(prepared, [str(r) for r in settings.resolutions])
         stored_summary = {**summary, "reused": True}  # what a later run will read back
         table = table.replace_schema_metadata({PART_METADATA_KEY: json.dumps(stored_summary)})
         try:
@@ -162,11 +161,3 @@ def _finished_part_summary(store_fs: pafs.FileSystem, target: str, shard: Shard)
         return None
     return {**summary, "bytes": size}
 
-
-def _settings_from_dict(d: dict) -> PrepareSettings:
-    return PrepareSettings(
-        label_type=d["label_type"],
-        schema=d["schema"],
-        resolutions=tuple(tuple(r) for r in d["resolutions"]),
-        crop_to_aspect=d["crop_to_aspect"],
-    )

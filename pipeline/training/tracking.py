@@ -1,7 +1,7 @@
 """MLflow for the training job: the driver owns the run, and Ray Train's controller logs into it.
 
 Who writes what, and why:
-- The driver (jobs/train.py) starts the run (or resumes the one an earlier attempt of the
+- The driver (pipeline.training.job) starts the run (or resumes the one an earlier attempt of the
   same Ray Train run left, found by the tag `crn.ray_run`), logs the whole config as
   params, and after `fit()` logs and registers the final checkpoint.
 - While `fit()` runs the driver only waits, and `MLflowReports`, a Ray Train callback, logs

@@ -1,6 +1,6 @@
 """A toy street-scene data set in the Cityscapes layout, drawn procedurally and deterministically.
 
-    python -m pipeline.toy --out work/toy --train 24 --val 6 --size 256x512 --preview work/toy.png
+    python -m pipeline.data.toy --out work/toy --train 24 --val 6 --size 256x512 --preview work/toy.png
 
 Each scene is a street seen from a car: sky (day blue or dusk orange), buildings with
 window grids (lit at dusk), trees, a road in perspective with lane marks, sidewalks with
@@ -18,14 +18,16 @@ tens of milliseconds for 256x512.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pipeline.cityscapes import LABEL_BY_NAME, LABELS
+from pipeline.data.cityscapes import LABEL_BY_NAME, LABELS
+from pipeline.options import from_argv, non_negative, option
+from pipeline.runtime import entrypoint
 
 ID = {name: label.id for name, label in LABEL_BY_NAME.items()}
 COLOR_BY_ID = np.zeros((256, 3), dtype=np.uint8)
@@ -277,6 +279,30 @@ def generate_toy_dataset(
     return written
 
 
+def _scene_size(text: str) -> str:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts) or int(parts[1]) != 2 * int(parts[0]):
+        raise ValueError(f"'{text}' is not HxW with W = 2H, e.g. 256x512")
+    return text.lower()
+
+
+def make_toy_store(store: str | Path, source: str | Path, *, num_train: int, num_val: int,
+                   size: tuple[int, int], resolutions: str, splits: str = "", seed: int = 0) -> Path:
+    """The toy data set at `source` (drawn unless already there) preprocessed into `store`
+    by the real job (pipeline.data.preprocess, on the running or a new local Ray instance).
+
+    The one toy-store builder of the tests, the benchmarks and the demo. Returns `store`.
+    """
+    from pipeline.data.preprocess import parse_preprocess_config, run
+
+    source, store = Path(source), Path(store)
+    if not (source / "leftImg8bit").exists():
+        generate_toy_dataset(source, num_train=num_train, num_val=num_val, seed=seed, size=size)
+    argv = ["--source", str(source), "--out", str(store), "--resolutions", resolutions]
+    run(parse_preprocess_config(argv + (["--splits", splits] if splits else [])))
+    return store
+
+
 def preview(root: str | Path, out: str | Path, count: int = 4) -> Path:
     """A contact sheet: photos on the left, colour labels on the right, `count` scenes."""
     root = Path(root)
@@ -293,20 +319,19 @@ def preview(root: str | Path, out: str | Path, count: int = 4) -> Path:
     return Path(out)
 
 
+@dataclass
+class ToyConfig:
+    out: str = option(help="folder to write the data set into")
+    train: int = option(24, "number of training scenes", check=non_negative)
+    val: int = option(6, "number of validation scenes", check=non_negative)
+    seed: int = option(0, "seed: the same seed writes the same files")
+    size: str = option("256x512", "scene size HxW (any size with W = 2H)", parse=_scene_size)
+    preview: str = option("", "also write a contact sheet PNG of a few scenes here")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder to write the data set into")
-    parser.add_argument("--train", type=int, default=24, help="number of training scenes")
-    parser.add_argument("--val", type=int, default=6, help="number of validation scenes")
-    parser.add_argument("--seed", type=int, default=0, help="seed: the same seed writes the same files")
-    parser.add_argument("--size", default="256x512", help="scene size HxW (any size with W = 2H)")
-    parser.add_argument("--preview", help="also write a contact sheet PNG of a few scenes here")
-    args = parser.parse_args(argv)
-    try:
-        height, width = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        print(f"error: --size '{args.size}' is not HxW, e.g. 256x512", file=sys.stderr)
-        return 2
+    args = from_argv(ToyConfig, argv, prog="python -m pipeline.data.toy", description=__doc__.split("\n\n")[0])
+    height, width = (int(v) for v in args.size.split("x"))
     written = generate_toy_dataset(args.out, args.train, args.val, args.seed, (height, width))
     print(f"wrote {len(written['train'])} train + {len(written['val'])} val scenes of {height}x{width} to {args.out}")
     if args.preview:
@@ -315,4 +340,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entrypoint(main)(sys.argv[1:]))

@@ -32,15 +32,16 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from crn.resolution import Resolution
+from pipeline.data.schema import LabelSchema
+from pipeline.errors import UserError, first_line
 from pipeline.fs import filesystem_for, join, read_bytes, write_bytes_atomically
-from pipeline.resolution import Resolution, format_resolution, parse_resolution
-from pipeline.schema import LabelSchema
 
 STORE_FORMAT = "crn-store/1"
 MANIFEST_NAME = "manifest.json"
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store that is missing, unreadable or cannot be written (one-line message)."""
 
 
@@ -93,7 +94,7 @@ def check_destination(uri: str) -> tuple[pafs.FileSystem, str]:
         write_bytes_atomically(fs, probe, b"probe")
         fs.delete_file(probe)
     except OSError as exc:
-        raise StoreError(f"cannot write to {uri}: {_first_line(exc)}") from None
+        raise StoreError(f"cannot write to {uri}: {first_line(exc)}") from None
     return fs, root
 
 
@@ -102,7 +103,7 @@ def write_manifest(fs: pafs.FileSystem, root: str, manifest: dict) -> None:
     try:
         write_bytes_atomically(fs, join(root, MANIFEST_NAME), data)
     except OSError as exc:
-        raise StoreError(f"cannot write {join(root, MANIFEST_NAME)}: {_first_line(exc)}") from None
+        raise StoreError(f"cannot write {join(root, MANIFEST_NAME)}: {first_line(exc)}") from None
 
 
 def read_manifest(fs: pafs.FileSystem, root: str, uri: str) -> dict:
@@ -110,7 +111,7 @@ def read_manifest(fs: pafs.FileSystem, root: str, uri: str) -> dict:
     try:
         info = fs.get_file_info(path)
     except OSError as exc:
-        raise StoreError(f"cannot reach store {uri}: {_first_line(exc)}") from None
+        raise StoreError(f"cannot reach store {uri}: {first_line(exc)}") from None
     if info.type != pafs.FileType.File:
         raise StoreError(
             f"no store at {uri}: {MANIFEST_NAME} is missing (never preprocessed, or the write did not finish)"
@@ -118,7 +119,7 @@ def read_manifest(fs: pafs.FileSystem, root: str, uri: str) -> dict:
     try:
         manifest = json.loads(read_bytes(fs, path))
     except (OSError, ValueError) as exc:
-        raise StoreError(f"store {uri}: unreadable {MANIFEST_NAME} ({_first_line(exc)})") from None
+        raise StoreError(f"store {uri}: unreadable {MANIFEST_NAME} ({first_line(exc)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
         raise StoreError(f"store {uri}: {MANIFEST_NAME} is not a {STORE_FORMAT} manifest")
     return manifest
@@ -180,7 +181,7 @@ class Store:
 
     def resolution(self, resolution: str | Resolution) -> str:
         """Normalise "64x128" / (64, 128) and check the store holds it."""
-        text = resolution if isinstance(resolution, str) else format_resolution(tuple(resolution))
+        text = str(resolution)
         if text not in self.resolutions:
             raise StoreError(f"store {self.uri} has no resolution {text} (it has {', '.join(self.resolutions)})")
         return text
@@ -207,7 +208,7 @@ class Store:
                 with self.filesystem.open_input_file(path) as handle:
                     tables.append(pq.ParquetFile(handle, pre_buffer=False).read(columns=columns))
             except OSError as exc:
-                raise StoreError(f"store {self.uri}: cannot read {path}: {_first_line(exc)}") from None
+                raise StoreError(f"store {self.uri}: cannot read {path}: {first_line(exc)}") from None
         if not tables:
             return arrow_schema(self.resolutions).empty_table().select(columns)
         return pa.concat_tables(tables).replace_schema_metadata(None)  # drop the parts' own summaries
@@ -298,13 +299,13 @@ def decode_column(column: pa.Array | pa.ChunkedArray, shape: tuple[int, ...]) ->
 
 def decode_labels(column, resolution: str) -> np.ndarray:
     """`label_<HxW>` column -> uint8 [N, H, W] class indices."""
-    height, width = parse_resolution(resolution)
+    height, width = Resolution.parse(resolution)
     return decode_column(column, (height, width))
 
 
 def decode_photos(column, resolution: str) -> np.ndarray:
     """`photo_<HxW>` column -> uint8 [N, H, W, 3] RGB."""
-    height, width = parse_resolution(resolution)
+    height, width = Resolution.parse(resolution)
     return decode_column(column, (height, width, 3))
 
 
@@ -318,7 +319,3 @@ def decode_batch(batch: pa.Table, resolution: str, with_photos: bool) -> dict[st
         out["photo"] = decode_photos(batch.column(photo_column(resolution)), resolution).copy()
     return out
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -4,8 +4,8 @@
     images = model.predict(label_maps)   # uint8 [B,H,W] class indices -> uint8 [B,K,H,W,3]
 
 The logged model carries the crn checkpoint as its artifact `checkpoint`; loading rebuilds
-the network from it (crn.checkpoint.model_from_checkpoint). Kept apart from
-jobs.model_registry so that loading a checkpoint in a Ray actor does not import MLflow.
+the network from it (crn.checkpoint.model_from_checkpoint). The registry
+(pipeline.registry.models) imports this module, never the other way round.
 """
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import mlflow.pyfunc
 import numpy as np
 
 from crn.checkpoint import load_checkpoint, model_from_checkpoint
-from jobs.model_registry import CHECKPOINT_KEY, generate_images
+from crn.inference import generate_images
+
+# The key of the checkpoint among the logged model's artifacts.
+CHECKPOINT_KEY = "checkpoint"
 
 
 class CRNPythonModel(mlflow.pyfunc.PythonModel):

@@ -29,7 +29,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +44,43 @@ from crn.labels import one_hot
 from crn.losses import NUM_LAYERS, CRNLoss, recalibrate
 from crn.model import CRN, to_uint8_images
 from crn.vgg import VGG19Features
-from jobs import train_stages
-from jobs.train_config import TrainConfig
-from jobs.visualize import image_grid, png_bytes, schema_palette
-from pipeline.fs import exists, filesystem_for, uri_join, write_bytes_atomically
+from pipeline.fs import filesystem_for, uri_join, write_bytes_atomically
+from pipeline.options import from_dict, to_dict
+from pipeline.training import stages
+from pipeline.training.config import TrainConfig
+from pipeline.visualize import image_grid, png_bytes, schema_palette
 
 CHECKPOINT_FILE = "checkpoint.pt"
 GRID_SAMPLES = 2  # rows in an image grid
 WARMUP_STEPS = 2  # steps left out of the measured steps/s (first-call allocations)
+
+
+@dataclass
+class WorkerPlan:
+    """What every worker gets from the driver (pipeline.training.plan.TrainPlan.for_workers).
+
+    It crosses the Ray boundary as `to_dict()` (Ray Train wants a dict) and is rebuilt with
+    `from_dict()` on the worker.
+    """
+
+    config: TrainConfig  # resolved
+    model_config: CRNConfig
+    label_schema: dict
+    loss_weights: list[float]  # the recipe's row, before any recalibration
+    train_modules: list[str]
+    steps_per_epoch: int  # batches each rank takes per epoch, fixed for the run
+    run_dir: str  # <storage>/<run name>: image grids go under it
+    init_weights: object = None  # ray.ObjectRef of the earlier stage's tensors, or None
+
+    def to_dict(self) -> dict:
+        return {**{f: getattr(self, f) for f in ("label_schema", "loss_weights", "train_modules", "steps_per_epoch",
+                                                 "run_dir", "init_weights")},
+                "config": to_dict(self.config), "model_config": self.model_config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WorkerPlan":
+        return cls(**{**d, "config": from_dict(TrainConfig, d["config"]),
+                      "model_config": CRNConfig.from_dict(d["model_config"])})
 
 
 @dataclass
@@ -76,7 +105,8 @@ def quiet_report_log() -> None:
 
 def train_loop_per_worker(loop_config: dict) -> dict:
     quiet_report_log()
-    config = TrainConfig(**loop_config["config"])
+    plan = WorkerPlan.from_dict(loop_config)
+    config = plan.config
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if config.use_gpu else torch.device("cpu")
@@ -84,20 +114,20 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         torch.set_num_threads(config.threads_per_worker or max(1, os.cpu_count() // context.get_local_world_size()))
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    init_ref = loop_config["init_weights"]  # earlier-stage weights in the object store, or None
-    model = build_model(loop_config, ray.get(init_ref) if init_ref is not None else None).to(device)
+    init_weights = ray.get(plan.init_weights) if plan.init_weights is not None else None  # from the object store
+    model = build_model(plan, init_weights).to(device)
     vgg = loss_network(config).to(device)
-    optimizer = torch.optim.Adam(train_stages.trainable_parameters(model), lr=config.lr)
-    state = TrainState(loss_weights=list(loop_config["loss_weights"]))
+    optimizer = torch.optim.Adam(stages.trainable_parameters(model), lr=config.lr)
+    state = TrainState(loss_weights=list(plan.loss_weights))
     if (checkpoint := ray.train.get_checkpoint()) is not None:
         state = restore(checkpoint, model, optimizer)
     resumed_from = state.step
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=device)
     loss_fn = CRNLoss(vgg, state.loss_weights).to(device)
     shard = ray.train.get_dataset_shard("train")
-    reports = Reporter(config, loop_config, rank, world_size, start_step=state.step)
+    reports = Reporter(plan, rank, world_size, start_step=state.step)
 
-    steps_per_epoch = loop_config["steps_per_epoch"]  # batches each rank gets per epoch, fixed for the run
+    steps_per_epoch = plan.steps_per_epoch
     while state.epoch < config.epochs and not reached_step_limit(config, state):
         batches = shard.iter_torch_batches(
             batch_size=config.batch_size, drop_last=True, device=device,
@@ -109,7 +139,6 @@ def train_loop_per_worker(loop_config: dict) -> dict:
                 break
             if index < state.batch_in_epoch:
                 continue  # taken before the checkpoint this run resumed from
-            maybe_inject_fault(config, loop_config["run_dir"], state.step + 1, rank, world_size)
             onehot = one_hot(batch["label"], model.config.num_classes)  # [B, L, H, W]
             photo = batch["photo"].permute(0, 3, 1, 2).float()  # [B, 3, H, W], 0..255
             loss, terms, fake = train_step(ddp_model, loss_fn, optimizer, onehot, photo, config.precision)
@@ -141,15 +170,14 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             "steps_per_s": reports.steady_steps_per_s(), "loss_weights": state.loss_weights}
 
 
-def build_model(loop_config: dict, init_weights: dict | None) -> CRN:
+def build_model(plan: WorkerPlan, init_weights: dict | None) -> CRN:
     """The CRN of this stage: earlier-stage weights, frozen modules, memory options applied."""
-    config = TrainConfig(**loop_config["config"])
-    model = CRN(CRNConfig.from_dict(loop_config["model_config"]))
+    model = CRN(plan.model_config)
     if init_weights:
-        train_stages.load_earlier_stage(model, init_weights)
-    train_stages.freeze_all_but(model, loop_config["train_modules"])
-    if config.activation_checkpointing:
-        train_stages.enable_activation_checkpointing(model)
+        stages.load_earlier_stage(model, init_weights)
+    stages.freeze_all_but(model, plan.train_modules)
+    if plan.config.activation_checkpointing:
+        stages.enable_activation_checkpointing(model)
     return model.train()
 
 
@@ -202,25 +230,11 @@ def restore(checkpoint: ray.train.Checkpoint, model: CRN, optimizer) -> TrainSta
                       term_count=extra["term_count"])
 
 
-def maybe_inject_fault(config: TrainConfig, run_dir: str, step: int, rank: int, world_size: int) -> None:
-    """Testing: the last rank dies (as a lost node would) once, when about to take `step`."""
-    if config.fault_at_step != step or rank != world_size - 1:
-        return
-    fs, marker = filesystem_for(uri_join(run_dir, "fault_injected"))
-    if exists(fs, marker):
-        return
-    # Die only once Ray Train has registered every report made so far: the test then knows
-    # which checkpoint is the last one (a report still in flight would die with the worker).
-    ray.train.get_all_reported_checkpoints()
-    write_bytes_atomically(fs, marker, f"step {step}\n".encode())
-    os._exit(1)
-
-
 class Reporter:
     """Collects per-step metrics and sends them, with a checkpoint when due, via `ray.train.report`."""
 
-    def __init__(self, config: TrainConfig, loop_config: dict, rank: int, world_size: int, start_step: int):
-        self.config, self.loop_config = config, loop_config
+    def __init__(self, plan: WorkerPlan, rank: int, world_size: int, start_step: int):
+        self.plan, self.config = plan, plan.config
         self.rank, self.world_size = rank, world_size
         self.history: list[dict] = []  # per-step records since the last report
         self.image = None  # grid written since the last report
@@ -245,9 +259,9 @@ class Reporter:
     def save_grid(self, step: int, batch: dict, fake: torch.Tensor) -> None:
         n = min(GRID_SAMPLES, fake.shape[0])
         grid = image_grid(batch["label"][:n].cpu().numpy(), to_uint8_images(fake[:n].float()).cpu().numpy(),
-                          batch["photo"][:n].cpu().numpy(), schema_palette(self.loop_config["label_schema"]))
+                          batch["photo"][:n].cpu().numpy(), schema_palette(self.plan.label_schema))
         self.image = f"images/step_{step:08d}.png"
-        fs, path = filesystem_for(uri_join(self.loop_config["run_dir"], self.image))
+        fs, path = filesystem_for(uri_join(self.plan.run_dir, self.image))
         write_bytes_atomically(fs, path, png_bytes(grid))
 
     def send(self, state: TrainState, model: CRN, optimizer, with_checkpoint: bool) -> None:
@@ -264,10 +278,10 @@ class Reporter:
             checkpoint = None
             if with_checkpoint and self.rank == 0:
                 extra = {"batch_in_epoch": state.batch_in_epoch, "term_sums": state.term_sums,
-                         "term_count": state.term_count, "config": asdict(self.config)}
+                         "term_count": state.term_count, "config": to_dict(self.config)}
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, make_checkpoint(
                     model, optimizer=optimizer, step=state.step, epoch=state.epoch,
-                    loss_weights=state.loss_weights, label_schema=self.loop_config["label_schema"],
+                    loss_weights=state.loss_weights, label_schema=self.plan.label_schema,
                     rng=capture_rng_state(), extra=extra))
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name if with_checkpoint else None)

@@ -1,7 +1,7 @@
-"""What every job shares: one-line user errors, where work goes, Ray and MLflow set-up.
+"""What every job shares: its entry point's error handling, where work goes, Ray and MLflow set-up.
 
-Jobs are thin: they parse a config, then wire crn/ and pipeline/ to Ray and MLflow. This
-module holds the few pieces of wiring that would otherwise be copied into each of them.
+Jobs are thin: they parse a config and make one library call. This module holds the few
+pieces of wiring that every stage of the pipeline needs the same way.
 """
 from __future__ import annotations
 
@@ -11,39 +11,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from pipeline.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Ray and MLflow phone home by default; these machines (and many clusters) are offline.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for or gave us: printed as one line, exit code 2."""
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    # Imported lazily so that `jobs.common` stays importable while pipeline/ evolves.
-    types: list[type[BaseException]] = [UserError]
-    try:
-        from pipeline.schema import SchemaError  # includes SchemaMismatch
-
-        types.append(SchemaError)
-    except ImportError:
-        pass
-    try:
-        from pipeline.sources import SourceError
-
-        types.append(SourceError)
-    except ImportError:
-        pass
-    try:
-        from pipeline.store import StoreError
-
-        types.append(StoreError)
-    except ImportError:
-        pass
-    return tuple(types)
 
 
 def entrypoint(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
@@ -57,7 +31,7 @@ def entrypoint(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequenc
     def run(argv: Sequence[str] | None = None) -> int:
         try:
             return main(argv)
-        except _user_error_types() as exc:
+        except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.fs as pafs
 
+from pipeline.errors import UserError, first_line
 from pipeline.fs import filesystem_for, is_s3
 
 FORMATS = ("cityscapes", "gta5", "paired", "labels-only")
@@ -48,7 +49,7 @@ CITYSCAPES_GTFINE_COMPANIONS = (
 )
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """The source as a whole cannot be read (missing folder, unknown layout): one line."""
 
 
@@ -104,7 +105,7 @@ def scan_source(uri: str, fmt: str, label_type: str, splits: list[str] | None) -
         fs, root = filesystem_for(uri)
         info = fs.get_file_info(root)
     except (OSError, ValueError) as exc:
-        raise SourceError(f"source {uri}: cannot be reached ({_first_line(exc)})") from None
+        raise SourceError(f"source {uri}: cannot be reached ({first_line(exc)})") from None
     if info.type != pafs.FileType.Directory:
         raise SourceError(f"source {uri}: no such folder")
     scanner = _Scanner(fs, root, uri)
@@ -297,7 +298,3 @@ class _Scanner:
             digest.update(f"{relative}\t{info.size}\t{mtime}\n".encode())
         return "sha256:" + digest.hexdigest()
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

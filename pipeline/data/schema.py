@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.cityscapes import LABELS, NUM_TRAIN_CLASSES
+from pipeline.errors import UserError
+
 SCHEMA_FORMAT = "crn-label-schema/1"
 
 # Marks "not in the schema" in lookup tables. Class indices are uint8 and a schema has at
@@ -34,7 +37,7 @@ INVALID = 255
 MAX_CLASSES = 255
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A schema file or name that cannot be used (one-line message)."""
 
 
@@ -174,9 +177,19 @@ def pack_rgb(color) -> int:
     return (int(r) << 16) | (int(g) << 8) | int(b)
 
 
-def builtin_schemas() -> dict[str, LabelSchema]:
-    from pipeline.cityscapes import cityscapes_schema
+def cityscapes_schema() -> LabelSchema:
+    """19 train classes in train-id order, then void gathering the other 16 labels."""
+    classes = []
+    for train_id in range(NUM_TRAIN_CLASSES):
+        (label,) = [l for l in LABELS if l.train_id == train_id]
+        classes.append(LabelClass(label.name, (label.id,), (label.color,)))
+    void_labels = [l for l in LABELS if not 0 <= l.train_id < NUM_TRAIN_CLASSES]
+    void_colors = tuple(dict.fromkeys(l.color for l in void_labels))  # distinct, in table order
+    void = LabelClass("void", tuple(l.id for l in void_labels), void_colors)
+    return LabelSchema("cityscapes", tuple(classes), void)
 
+
+def builtin_schemas() -> dict[str, LabelSchema]:
     return {"cityscapes": cityscapes_schema()}
 
 

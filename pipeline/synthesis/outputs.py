@@ -32,7 +32,6 @@ import io
 import json
 import posixpath
 import re
-import time
 from collections import defaultdict
 from urllib.parse import quote, unquote
 
@@ -42,8 +41,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
-from jobs.common import UserError
+from pipeline.errors import UserError
 from pipeline.fs import join, read_bytes, write_bytes_atomically
+from pipeline.visualize import png_bytes
 
 OUTPUT_FORMAT = "crn-synthesis/1"
 JOB_FILE = "job.json"
@@ -95,9 +95,7 @@ def image_path(sample_id: str, variant: int) -> str:
 
 def encode_png(image: np.ndarray) -> bytes:
     """uint8 [H, W, 3] -> PNG bytes; the same pixels always give the same bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
+    return png_bytes(image, compress_level=PNG_COMPRESS_LEVEL)
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -178,12 +176,10 @@ def write_images(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, outp
     """Ray Data task after the synthesis actors: encode each variant as PNG, write it atomically.
 
     Returns one row per image written ({sample_id, variant}) and one per rejected sample
-    (variant -1, with its source and reason), carrying the actors' timing columns on and
-    adding this task's encode-and-write seconds. `existing_variants` lists the variants of
+    (variant -1, with its source and reason). `existing_variants` lists the variants of
     partly written samples that are already on disk (an interrupt between two writes);
     those complete files are not written again.
     """
-    start = time.perf_counter()
     out: list[tuple[str, int, str, str]] = []  # (sample id, variant or -1, source, reject reason)
     for sample_id, source, reason, images in zip(batch["sample_id"], batch["source"], batch["reject"], batch["images"]):
         sample_id = str(sample_id)
@@ -196,16 +192,11 @@ def write_images(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, outp
                 write_bytes_atomically(filesystem, join(output_root, image_path(sample_id, variant)), encode_png(image))
                 out.append((sample_id, variant, "", ""))
     ids, variants, sources, reasons = zip(*out) if out else ((), (), (), ())
-    rows = max(1, len(ids))
-    write_s = time.perf_counter() - start
     return {
         "sample_id": np.asarray(ids, dtype=object),
         "variant": np.asarray(variants, dtype=np.int32),
         "source": np.asarray(sources, dtype=object),
         "reject": np.asarray(reasons, dtype=object),
-        "forward_s": np.full(len(ids), float(batch["forward_s"].sum()) / rows),
-        "ready_at": np.full(len(ids), float(batch["ready_at"].min()) if len(batch["ready_at"]) else 0.0),
-        "write_s": np.full(len(ids), write_s / rows),
     }
 
 

@@ -22,12 +22,12 @@ GAP = 2
 
 
 def schema_palette(schema) -> np.ndarray:
-    """uint8 [L, 3]: one RGB colour per class index of a `pipeline.schema.LabelSchema`.
+    """uint8 [L, 3]: one RGB colour per class index of a `pipeline.data.schema.LabelSchema`.
 
     Also accepts the schema's dict form (as stored in checkpoints and manifests).
     """
     if isinstance(schema, dict):
-        from pipeline.schema import LabelSchema
+        from pipeline.data.schema import LabelSchema
 
         schema = LabelSchema.from_dict(schema)
     fallback = np.random.default_rng(0).integers(0, 256, size=(schema.num_classes, 3), dtype=np.uint8)
@@ -71,8 +71,10 @@ def image_grid(labels: np.ndarray, outputs: np.ndarray, photos: np.ndarray | Non
     return grid
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encode an RGB uint8 [H, W, 3] array as PNG."""
+def png_bytes(image: np.ndarray | Image.Image, compress_level: int = 6) -> bytes:
+    """Encode an RGB uint8 [H, W, 3] array (or a Pillow image) as PNG; no timestamp, so the
+    same pixels and level always give the same bytes."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    picture.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()

@@ -31,8 +31,8 @@ import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
-from pipeline.resolution import Resolution, format_resolution
-from pipeline.schema import INVALID, LabelSchema
+from crn.resolution import Resolution
+from pipeline.data.schema import INVALID, LabelSchema
 
 PHOTO_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr")
 ID_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
@@ -87,9 +87,9 @@ class LabelMapper:
         if self.label_type == "ids" and image.mode in ("L", "P"):
             self._check_8bit_ids(image, path)
             ids = np.asarray(image)
-            return {format_resolution(r): np.take(self.id_table, downsample_label(ids, r)) for r in resolutions}
+            return {str(r): np.take(self.id_table, downsample_label(ids, r)) for r in resolutions}
         classes = self._from_ids(image, path) if self.label_type == "ids" else self._from_colors(image, path)
-        return {format_resolution(r): downsample_label(classes, r) for r in resolutions}
+        return {str(r): downsample_label(classes, r) for r in resolutions}
 
     def _check_8bit_ids(self, image: Image.Image, path: str) -> None:
         pixels_per_id = np.asarray(image.histogram())  # 256 counts, one per 8-bit id
@@ -219,14 +219,14 @@ class SamplePreparer:
         top = self.settings.resolutions[-1]
         if height < top[0]:
             raise BadInput(label_name, f"too small: {height}x{width} is smaller than the requested "
-                                       f"resolution {format_resolution(top)}")
+                                       f"resolution {str(top)}")
 
         labels = self.mapper(label, label_name, self.settings.resolutions)
         photos = None
         if photo is not None:
             photo_rgb = photo if photo.mode == "RGB" else photo.convert("RGB")
-            photos = {format_resolution(r): downsample_photo(photo_rgb, r) for r in self.settings.resolutions}
-        class_pixels = np.bincount(labels[format_resolution(top)].ravel(), minlength=self.schema.num_classes)
+            photos = {str(r): downsample_photo(photo_rgb, r) for r in self.settings.resolutions}
+        class_pixels = np.bincount(labels[str(top)].ravel(), minlength=self.schema.num_classes)
         return PreparedSample(sample_id, split, labels, photos, class_pixels.astype(np.int64))
 
 

@@ -7,33 +7,18 @@ laptop) runs
 
 It builds the model once, from checkpoint bytes the driver put in the object store (so the
 registry is asked once per job, not once per actor), and for each batch checks the class
-indices and runs the generator (jobs.model_registry.generate_images) on a batch of exactly
+indices and runs the generator (pipeline.registry.models.generate_images) on a batch of exactly
 `batch_size` maps. It hands back uint8 images; PNG encoding and writing is the next stage's
-work (jobs.synthesis_output.write_images), run by CPU tasks beside the actors, because at
+work (pipeline.synthesis.outputs.write_images), run by CPU tasks beside the actors, because at
 256x512 encoding K PNGs takes a CPU core far longer than a GPU takes to make them.
-
-Each output row also carries its share of the batch's forward-pass seconds and the wall
-clock time at which its actor became ready, so that the job can say where its time went.
 """
 from __future__ import annotations
-
-import tempfile
-import time
 
 import numpy as np
 import torch
 
 from crn.checkpoint import load_checkpoint, model_from_checkpoint
-from jobs.model_registry import generate_images
-
-
-def model_from_bytes(data: bytes):
-    """Rebuild a CRN from the bytes of a checkpoint file (read with weights_only)."""
-    # crn.checkpoint reads paths only; a private temp file keeps its format checks in play.
-    with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
-        handle.write(data)
-        handle.flush()
-        return model_from_checkpoint(load_checkpoint(handle.name))
+from crn.inference import generate_images
 
 
 class SynthesisActor:
@@ -53,10 +38,9 @@ class SynthesisActor:
             # The same convolution algorithm on every run, so the same pixels.
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        self.model = model_from_bytes(checkpoint).to(device)
+        self.model = model_from_checkpoint(load_checkpoint(checkpoint)).to(device)
         self.num_classes = self.model.config.num_classes
         self.device, self.bf16, self.batch_size = device, bf16, batch_size
-        self.ready_at = time.time()  # wall clock: when this actor could take its first batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = batch["label"]  # uint8 [B, H, W]
@@ -67,18 +51,13 @@ class SynthesisActor:
         good = np.flatnonzero(reasons == "")
         height, width = labels.shape[1:]
         images = np.zeros((len(labels), self.model.config.num_outputs, height, width, 3), dtype=np.uint8)
-        start = time.perf_counter()
         if len(good):
             # Always full batches through the network (padded): pixels independent of batch-mates.
             images[good] = generate_images(self.model, labels[good], device=self.device, bf16=self.bf16,
                                            batch_size=self.batch_size)
-        forward_s = time.perf_counter() - start
-        rows = max(1, len(labels))
         return {
             "sample_id": batch["sample_id"],
             "source": batch["source"],
             "reject": reasons,
             "images": images,  # all zero for rejected rows
-            "forward_s": np.full(len(labels), forward_s / rows),
-            "ready_at": np.full(len(labels), self.ready_at),
         }

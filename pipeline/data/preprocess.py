@@ -1,0 +1,240 @@
+"""Preprocessing: labelled photographs -> the multi-resolution Parquet store, with Ray Data.
+
+    run(parse_preprocess_config(["--source", "work/toy", "--out", "work/store"]))   # jobs/preprocess.py
+
+Stages: scan the source on the driver (paths only; name-level rejects), cut each split's
+sorted samples into shards of `rows_per_file`, then a Ray Data stream over the shards:
+each task decodes, validates, maps classes, downsamples to every resolution and writes its
+Parquet part (pipeline.data.shards). Only small summaries come back to the driver, so memory
+stays flat as the data set grows. Last, the manifest (pipeline.data.store) is written in one
+atomic step. A rerun over unchanged sources reuses finished parts and gives the same
+store; bad inputs are listed with their reasons in the manifest and on stderr.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Sequence
+
+import pyarrow.fs as pafs
+
+from crn.resolution import Resolution, parse_resolutions
+from pipeline.data.prepare import PrepareSettings
+from pipeline.data.schema import load_schema
+from pipeline.data.shards import build_shard, plan_shards, rows_per_file_for
+from pipeline.data.sources import DEFAULT_LABEL_TYPE, FORMATS, LABEL_TYPES, scan_source
+from pipeline.data.store import STORE_FORMAT, StoreError, check_destination, read_manifest, write_manifest
+from pipeline.errors import UserError
+from pipeline.fs import join, uri_join
+from pipeline.options import at_least, from_argv, one_of, option, to_dict
+from pipeline.runtime import init_ray
+
+DEFAULT_RESOLUTIONS = "64x128,128x256,256x512"
+
+
+def _split_list(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+@dataclass
+class PreprocessConfig:
+    source: str = option(help="source data set: a folder or an s3://bucket/prefix")
+    out: str = option(help="where the store goes: a folder or an s3://bucket/prefix")
+    format: str = option("cityscapes", "source layout: cityscapes (leftImg8bit/ + gtFine/), gta5 or paired "
+                                       "(images/ + labels/), labels-only (label PNGs, for synthesis)", choices=FORMATS)
+    label_type: str = option("", "labels as single-channel ids or RGB colours; default: the format's usual "
+                                 "(ids, but color for gta5)", check=one_of(*LABEL_TYPES))
+    schema: str = option("cityscapes", "label schema: a built-in name (cityscapes) or a schema JSON file")
+    resolutions: tuple[Resolution, ...] = option(parse_resolutions(DEFAULT_RESOLUTIONS),
+                                                 "comma-separated HxW sizes to store, each h x 2h with h = 4 * 2^n",
+                                                 parse=parse_resolutions)
+    splits: list[str] = option([], "comma-separated splits to read; default: train,val for cityscapes, the "
+                                   "<split>/ folders found (else one split 'train') for the others", parse=_split_list)
+    crop_to_aspect: bool = option(False, "centre-crop images that are not 1:2 (e.g. GTA5's 1052x1914) instead of "
+                                         "rejecting them")
+    rows_per_file: int = option(0, "samples per Parquet part; 0 = about 32 MiB of raw pixels per part",
+                                check=at_least(0))
+    dry_run: bool = option(False, "print the resolved config and exit")
+
+    def resolved(self) -> "PreprocessConfig":
+        """The format's usual label type and a part size filled in."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            label_type=self.label_type or DEFAULT_LABEL_TYPE[self.format],
+            rows_per_file=self.rows_per_file or rows_per_file_for(self.resolutions, self.format != "labels-only"),
+        )
+
+    def store_settings(self) -> dict:
+        """The settings that decide the store's content (so: its data folder's key)."""
+        return {
+            "format": self.format,
+            "label_type": self.label_type,
+            "resolutions": [str(r) for r in self.resolutions],
+            "crop_to_aspect": self.crop_to_aspect,
+            "rows_per_file": self.rows_per_file,
+        }
+
+
+def parse_preprocess_config(argv: Sequence[str] | None) -> PreprocessConfig:
+    config = from_argv(PreprocessConfig, argv, prog="jobs/preprocess.py",
+                       description="Preprocess a labelled data set into a multi-resolution Parquet store.")
+    return config.resolved()
+
+
+def run(config: PreprocessConfig) -> dict:
+    """The whole job for a resolved config; returns the store's manifest."""
+    schema = load_schema(config.schema)
+    started = time.perf_counter()
+
+    store_fs, store_root = check_destination(config.out)
+    scan = scan_source(config.source, config.format, config.label_type, config.splits or None)
+    for reject in scan.rejects:
+        print(f"warning: rejected {reject.path}: {reject.reason}", file=sys.stderr)
+    print(f"preprocess: {len(scan.candidates)} samples to read in {', '.join(scan.splits)}, "
+          f"{len(scan.rejects)} rejected by name; {scan.num_files} files, fingerprint {scan.fingerprint[:19]}")
+    if not scan.candidates:
+        raise UserError(_no_samples_message(config.source, [r.to_dict() for r in scan.rejects]))
+
+    key = _store_key(config, schema.fingerprint(), scan.fingerprint)
+    data_dir = f"data/{key}"
+    existing = _complete_manifest(store_fs, store_root, config.out)
+    if existing is not None and existing.get("key") == key:
+        print(f"preprocess: {config.out} is up to date (same sources and settings); nothing to do")
+        _print_summary(existing, config.out, time.perf_counter() - started, written=0, reused=0)
+        return existing
+
+    shards = plan_shards(scan.candidates, scan.splits, config.rows_per_file, data_dir)
+    settings = PrepareSettings(label_type=config.label_type, schema=schema.to_dict(),
+                               resolutions=config.resolutions, crop_to_aspect=config.crop_to_aspect)
+    summaries = _run_shards(shards, settings, config, scan, store_fs, store_root)
+
+    manifest = _manifest(config, schema, scan, key, data_dir, summaries)
+    if sum(split["count"] for split in manifest["splits"].values()) == 0:
+        raise UserError(_no_samples_message(config.source, manifest["rejects"]))
+    write_manifest(store_fs, store_root, manifest)
+    _remove_leftovers(store_fs, store_root, manifest)
+    written = sum(1 for s in summaries if s["path"] and not s["reused"])
+    reused = sum(1 for s in summaries if s["reused"])
+    _print_summary(manifest, config.out, time.perf_counter() - started, written, reused)
+    return manifest
+
+
+def _run_shards(shards, settings, config, scan, store_fs, store_root) -> list[dict]:
+    """The Ray Data stage: one task per shard; summaries stream back as parts finish."""
+    import ray.data
+
+    init_ray()
+    dataset = ray.data.from_items([shard.to_row() for shard in shards], override_num_blocks=len(shards))
+    dataset = dataset.map(
+        build_shard,
+        fn_kwargs={
+            "settings": settings,
+            "source_fs": scan.filesystem,
+            "source_uri": config.source,
+            "store_fs": store_fs,
+            "store_root": store_root,
+        },
+    )
+    summaries, errors = [], []
+    for row in dataset.iter_rows():
+        summary = json.loads(row["summary"])
+        if "error" in summary:
+            errors.append(summary["error"])
+            continue
+        for reject in summary["rejects"]:
+            print(f"warning: rejected {reject['path']}: {reject['reason']}", file=sys.stderr)
+        summaries.append(summary)
+    if errors:  # the destination failed: no manifest, so readers keep the old store
+        more = f" (and {len(errors) - 1} more parts)" if len(errors) > 1 else ""
+        raise StoreError(sorted(errors)[0] + more)
+    return sorted(summaries, key=lambda s: (scan.splits.index(s["split"]), s["index"]))
+
+
+def _manifest(config, schema, scan, key, data_dir, summaries) -> dict:
+    splits = {}
+    for split in scan.splits:
+        parts = [s for s in summaries if s["split"] == split]
+        class_pixels = [sum(values) for values in zip(*(s["class_pixels"] for s in parts))]
+        splits[split] = {
+            "count": sum(s["rows"] for s in parts),
+            "files": [{"path": s["path"], "rows": s["rows"], "bytes": s["bytes"]} for s in parts if s["path"]],
+            "class_pixels": class_pixels or [0] * schema.num_classes,
+        }
+    rejects = [r.to_dict() for r in scan.rejects] + [r for s in summaries for r in s["rejects"]]
+    return {
+        "format": STORE_FORMAT,
+        "key": key,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "schema": schema.to_dict(),
+        "schema_fingerprint": schema.fingerprint(),
+        "resolutions": [str(r) for r in config.resolutions],
+        "class_pixels_resolution": str(config.resolutions[-1]),
+        "has_photos": config.format != "labels-only",
+        "data_dir": data_dir,
+        "splits": splits,
+        "source": {
+            "uri": config.source,
+            "format": config.format,
+            "label_type": config.label_type,
+            "fingerprint": scan.fingerprint,
+            "num_files": scan.num_files,
+        },
+        "rejects": sorted(rejects, key=lambda r: (r["path"], r["reason"])),
+        "config": to_dict(config),
+    }
+
+
+def _store_key(config: PreprocessConfig, schema_fingerprint: str, source_fingerprint: str) -> str:
+    """Names the data folder: the same sources and settings always give the same key."""
+    text = json.dumps(
+        {"store": STORE_FORMAT, "source": source_fingerprint, "schema": schema_fingerprint,
+         **config.store_settings()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _complete_manifest(store_fs, store_root: str, uri: str) -> dict | None:
+    """The manifest already at the destination if its every part is present, else None."""
+    try:
+        manifest = read_manifest(store_fs, store_root, uri)
+    except StoreError:
+        return None
+    paths = [join(store_root, f["path"]) for split in manifest["splits"].values() for f in split["files"]]
+    infos = store_fs.get_file_info(paths) if paths else []
+    return manifest if all(info.size is not None and info.size > 0 for info in infos) else None
+
+
+def _remove_leftovers(store_fs, store_root: str, manifest: dict) -> None:
+    """Delete files in this run's data folder that the manifest does not list: temporary
+    files and parts of an interrupted earlier attempt. Other data folders (older stores,
+    which readers may still have open) are left alone."""
+    listed = {join(store_root, f["path"]) for split in manifest["splits"].values() for f in split["files"]}
+    selector = pafs.FileSelector(join(store_root, manifest["data_dir"]), recursive=True, allow_not_found=True)
+    for info in store_fs.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.path not in listed:
+            store_fs.delete_file(info.path)
+
+
+def _no_samples_message(source: str, rejects: list[dict]) -> str:
+    if not rejects:
+        return f"no good samples in {source}: no label/photo pairs found (check --format and --splits)"
+    first = rejects[0]
+    return f"no good samples in {source}: all {len(rejects)} inputs rejected (first: {first['path']}: {first['reason']})"
+
+
+def _print_summary(manifest: dict, out: str, seconds: float, written: int, reused: int) -> None:
+    counts = ", ".join(f"{name} {split['count']}" for name, split in manifest["splits"].items())
+    total = sum(split["count"] for split in manifest["splits"].values())
+    size = sum(f["bytes"] for split in manifest["splits"].values() for f in split["files"])
+    print(f"preprocess: wrote {total} samples ({counts}) to {out}")
+    print(f"  resolutions {', '.join(manifest['resolutions'])}; {len(manifest['rejects'])} rejected "
+          f"(listed in {uri_join(out, 'manifest.json')})")
+    print(f"  parts: {written} written, {reused} reused, {size / 2**20:.1f} MiB; "
+          f"{seconds:.1f} s, {total / max(seconds, 1e-9):.1f} samples/s")

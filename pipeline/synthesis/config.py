@@ -1,0 +1,87 @@
+"""The synthesis job's configuration: one dataclass whose fields are the command line's flags."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from crn.resolution import Resolution
+from pipeline.data.sources import LABEL_TYPES
+from pipeline.errors import UserError
+from pipeline.options import at_least, from_argv, non_negative, option
+
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_ALIAS = "champion"
+# A registered model name alone ("crn-cityscapes-256x512") means its champion.
+_BARE_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+@dataclass
+class SynthesizeConfig:
+    # --- what to synthesize ---
+    model: str = option(help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model, a checkpoint file "
+                             "(local or s3://), or a registered model name alone (= models:/<name>@champion)")
+    output: str = option(help="output folder or s3://bucket/prefix; re-running into it resumes")
+    store: str = option("", "preprocessed store (folder or s3://) to read a split of; or --labels")
+    split: str = option("val", "store split to synthesize")
+    labels: str = option("", "folder (or s3:// prefix) of label map PNGs, no photos needed; or --store")
+    label_type: str = option("ids", "--labels maps hold schema ids (one channel) or colours (RGB)", choices=LABEL_TYPES)
+    schema: str = option("cityscapes", "label schema of --labels maps: built-in name or JSON file")
+    resolution: Resolution | None = option(None, "HxW; default: the model's top resolution (the only one it takes)")
+    limit: int = option(0, "synthesize at most this many samples now (0 = all); re-running does the rest",
+                        check=non_negative)
+    # --- compute ---
+    batch_size: int = option(8, "label maps per forward pass", check=at_least(1))
+    num_actors: int = option(0, "most actors in the pool; 0 = one per GPU in the cluster with --use-gpu, else 1",
+                             check=non_negative)
+    use_gpu: bool = option(False, "one GPU per actor")
+    threads_per_actor: int = option(0, "torch threads (and logical CPUs) per CPU actor; 0 = this machine's cores / "
+                                       "actors", check=non_negative)
+    precision: str = option("fp32", "bf16 = bfloat16 autocast (GPU only)", choices=PRECISIONS)
+    # --- provenance and tracking ---
+    seed: int = option(0, "recorded in the manifest for provenance; the CRN has no noise input, so pixels do not "
+                          "depend on it")
+    gallery_samples: int = option(8, "samples shown in the HTML gallery", check=at_least(1))
+    experiment: str = option("crn-synthesize", "MLflow experiment name")
+    run_name: str = option("", "MLflow run name (default: MLflow's)")
+    dry_run: bool = option(False, "print the resolved configuration and exit")
+
+    def check(self) -> None:
+        if bool(self.store) == bool(self.labels):
+            raise UserError("give exactly one of --store (a preprocessed store) and --labels (a folder of label maps)")
+        if self.precision == "bf16" and not self.use_gpu:
+            raise UserError("--precision bf16 needs --use-gpu (bfloat16 autocast is for GPUs)")
+
+
+def parse_synthesize_config(argv: Sequence[str] | None) -> SynthesizeConfig:
+    config = from_argv(SynthesizeConfig, argv, prog="jobs/synthesize.py",
+                       description="Turn label maps into photographs with a trained CRN (Ray Data actor pool); "
+                                   "track it in MLflow.")
+    return resolve(config)
+
+
+def resolve(config: SynthesizeConfig) -> SynthesizeConfig:
+    """Make the config explicit: the model URI spelled out, local paths absolute, counts filled in."""
+    resolved = dataclasses.replace(config, model=model_uri(config.model))
+    for name in ("output", "store", "labels"):
+        value = getattr(resolved, name)
+        if value and "://" not in value:  # Ray workers run in other working directories
+            setattr(resolved, name, str(Path(value).expanduser().resolve()))
+    if "://" not in resolved.model and not resolved.model.startswith(("models:/", "runs:/")):
+        resolved.model = str(Path(resolved.model).expanduser().resolve())
+    if resolved.num_actors == 0 and not resolved.use_gpu:
+        resolved.num_actors = 1  # with --use-gpu: the cluster's GPU count, known once Ray is up
+    if resolved.threads_per_actor == 0 and not resolved.use_gpu:
+        resolved.threads_per_actor = max(1, (os.cpu_count() or 1) // resolved.num_actors)
+    return resolved
+
+
+def model_uri(text: str) -> str:
+    """A bare registered model name means its champion; anything else is taken as given."""
+    if _BARE_MODEL_NAME.match(text) and not text.endswith(_CHECKPOINT_SUFFIXES) and not Path(text).exists():
+        return f"models:/{text}@{DEFAULT_ALIAS}"
+    return text

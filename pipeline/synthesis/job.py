@@ -1,0 +1,238 @@
+"""The synthesis job: label maps -> photographs for a whole data set, with Ray Data; one MLflow run.
+
+    outcome = run(parse_synthesize_config(argv))        # what jobs/synthesize.py does
+
+In order:
+1. The plan (pipeline.synthesis.plan): model, input, schema and output checks on the driver.
+   The output folder must be new or hold images of the same model (pipeline.synthesis.outputs).
+2. One MLflow run: the config as params, the model URI and version as tags.
+3. Ray Data streams the samples not yet done (those with every variant on disk are skipped:
+   resume), in blocks of one batch, through `map_batches` over an actor pool
+   (pipeline.synthesis.actor): each actor builds the model once from the checkpoint bytes
+   in the object store and returns uint8 images; one GPU per actor with --use-gpu, else CPU
+   actors with a fixed torch thread count. CPU tasks then encode and write one PNG per
+   (sample, variant), atomically (pipeline.synthesis.outputs.write_images).
+4. The manifest (one row per image in the folder) and rejects are written atomically; the
+   run gets images/s and counts as metrics, and the manifest, rejects and an HTML gallery
+   (label | variants | photograph) as artifacts. Ray Data shows progress while it runs.
+
+Pixels are a deterministic function of (label map, model weights, variant) and of the
+forward pass settings that the output folder pins (precision, batch size, CPU threads;
+pipeline.synthesis.outputs): the CRN has no noise input. `--seed` is recorded with every
+image for provenance and changes nothing else.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.fs import filesystem_for, join, read_bytes, write_bytes_atomically
+from pipeline.runtime import init_ray, setup_mlflow
+from pipeline.synthesis.actor import SynthesisActor
+from pipeline.synthesis.config import SynthesizeConfig
+from pipeline.synthesis.gallery import GallerySample, gallery_html
+from pipeline.synthesis.outputs import (
+    GALLERY_FILE,
+    MANIFEST_FILE,
+    REJECTS_FILE,
+    claim_output,
+    decode_png,
+    image_path,
+    list_existing,
+    manifest_table,
+    write_images,
+    write_manifest,
+    write_rejects,
+)
+from pipeline.synthesis.plan import SynthesisPlan, make_plan
+from pipeline.visualize import schema_palette
+
+
+@dataclass
+class Synthesized:
+    """What one pass of the actor pool left in the output folder."""
+
+    images: set[tuple[str, int]]  # every (sample id, variant) on disk: earlier runs' and this one's
+    num_written: int  # images this run wrote
+    num_skipped: int  # samples complete before this run started
+    rejects: list[dict]  # {"path", "reason"}
+    elapsed_s: float  # from the first batch requested to the last one back, actors' start-up included
+
+    def metrics(self) -> dict[str, float]:
+        """What the MLflow run records."""
+        return {
+            "images_per_s": self.num_written / self.elapsed_s if self.elapsed_s > 0 else 0.0,
+            "num_images": self.num_written,
+            "num_images_total": len(self.images),
+            "num_rejects": len(self.rejects),
+            "num_skipped": self.num_skipped,
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+def _drop_samples(batch: dict[str, np.ndarray], skip: set[str]) -> dict[str, np.ndarray]:
+    keep = np.asarray([str(s) not in skip for s in batch["sample_id"]], dtype=bool)
+    return {name: column[keep] for name, column in batch.items()}
+
+
+def synthesize(plan: SynthesisPlan, fs, root: str) -> Synthesized:
+    """Run the actor pool over the samples whose images are not all on disk yet."""
+    import ray
+    import ray.data
+
+
+    config, num_outputs = plan.config, plan.model_config.num_outputs
+    existing = list_existing(fs, root, num_outputs)
+    for leftover in existing.temp_files:  # half-written files of an interrupted local run
+        fs.delete_file(leftover)
+    complete = {s for s, variants in existing.variants.items() if len(variants) == num_outputs}
+    partial = {s: sorted(v) for s, v in existing.variants.items() if len(v) < num_outputs}
+
+    dataset = plan.input.build_dataset()
+    if complete:
+        dataset = dataset.map_batches(_drop_samples, fn_kwargs={"skip": complete}, batch_format="numpy")
+    if config.limit:
+        dataset = dataset.limit(config.limit)
+    num_actors = config.num_actors or max(1, int(ray.cluster_resources().get("GPU", 0)))
+    # Blocks of one batch each: a store part can hold thousands of rows, and one block goes
+    # to one actor task, so without this a single actor would get the whole part, and its
+    # results (and the progress bar) would only come back at the end.
+    dataset = dataset.select_columns(["sample_id", "label", "source", "reject"])
+    dataset = dataset.repartition(target_num_rows_per_block=config.batch_size).map_batches(
+        SynthesisActor,
+        fn_constructor_kwargs={
+            # Put once by the driver; every actor reads the same bytes from the object store.
+            "checkpoint": ray.put(plan.checkpoint_bytes),
+            "device": "cuda" if config.use_gpu else "cpu",
+            "bf16": config.precision == "bf16",
+            "batch_size": config.batch_size,
+            "num_threads": config.threads_per_actor,
+        },
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_actors),
+        num_gpus=1 if config.use_gpu else 0,
+        num_cpus=1 if config.use_gpu else config.threads_per_actor,
+    )
+    # PNG encoding and writing: CPU tasks beside the actors, as many as there are free CPUs.
+    dataset = dataset.map_batches(
+        write_images,
+        fn_kwargs={"filesystem": fs, "output_root": root, "existing_variants": partial},
+        batch_size=None,
+        batch_format="numpy",
+        num_cpus=1,
+    )
+    images = {(s, v) for s, variants in existing.variants.items() for v in variants}
+    rejects = list(plan.input.rejects)
+    written = 0
+    start = time.perf_counter()
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for sample_id, variant, source, reason in zip(batch["sample_id"], batch["variant"], batch["source"], batch["reject"]):
+            if variant < 0:
+                rejects.append({"path": str(source), "reason": str(reason)})
+            else:
+                images.add((str(sample_id), int(variant)))
+                written += 1
+    return Synthesized(images, written, len(complete), rejects, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- gallery and tracking
+
+
+def gallery_samples(plan: SynthesisPlan, fs, root: str, images: set[tuple[str, int]]):
+    """The first `--gallery-samples` input samples that have all their images, ready to draw."""
+
+    num_outputs = plan.model_config.num_outputs
+    samples = []
+    for row in plan.input.preview(plan.config.gallery_samples):
+        sample_id = str(row["sample_id"])
+        if any((sample_id, k) not in images for k in range(num_outputs)):
+            continue
+        variants = [decode_png(read_bytes(fs, join(root, image_path(sample_id, k)))) for k in range(num_outputs)]
+        photo = row.get("photo")
+        samples.append(GallerySample(sample_id, np.asarray(row["label"]), variants, None if photo is None else np.asarray(photo)))
+    return sorted(samples, key=lambda s: s.sample_id)
+
+
+def log_to_mlflow(plan: SynthesisPlan, fs, root: str, result: Synthesized, manifest: bytes, rejects: bytes) -> None:
+    import mlflow
+
+
+    mlflow.log_metrics(result.metrics())
+    identity = plan.identity
+    page = gallery_html(
+        gallery_samples(plan, fs, root, result.images),
+        schema_palette(plan.schema),
+        title=f"{identity.model_uri} on {plan.input.description}",
+        details={
+            "model": f"{identity.model_uri} (version {identity.model_version or '-'}, sha256 {identity.model_sha256[:12]})",
+            "schema": identity.schema_name,
+            "resolution": identity.resolution,
+            "output": plan.config.output,
+            "images": str(len(result.images)),
+        },
+    )
+    # Beside the images too, so a person can open it without the MLflow UI.
+    write_bytes_atomically(fs, f"{root}/{GALLERY_FILE}", page.encode())
+    with tempfile.TemporaryDirectory(prefix="crn-synth-") as folder:
+        Path(folder, GALLERY_FILE).write_text(page)
+        Path(folder, MANIFEST_FILE).write_bytes(manifest)
+        Path(folder, REJECTS_FILE).write_bytes(rejects)
+        mlflow.log_artifacts(folder)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+@dataclass
+class SynthesisOutcome:
+    run_id: str
+    num_written: int
+    num_images: int  # rows in the manifest
+    num_skipped: int
+    rejects: list[dict]
+    manifest_uri: str
+    metrics: dict[str, float]  # as logged to MLflow
+
+
+def run(config: SynthesizeConfig) -> SynthesisOutcome:
+    """The whole job for a parsed config (not a dry run: see jobs/synthesize.py)."""
+    plan = make_plan(config)
+    try:
+        fs, root = filesystem_for(config.output)
+        claim_output(fs, root, config.output, plan.identity)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot write to output {config.output}: {str(exc).strip().splitlines()[0]}") from None
+    init_ray()
+
+    import mlflow
+
+    setup_mlflow(config.experiment)
+    with mlflow.start_run(run_name=config.run_name or None) as active:
+        mlflow.log_params(plan.describe())
+        mlflow.set_tags({
+            "crn.model_uri": plan.identity.model_uri,
+            "crn.model_version": plan.identity.model_version or "",
+            "crn.model_sha256": plan.identity.model_sha256,
+            "crn.output": config.output,
+        })
+        result = synthesize(plan, fs, root)
+        manifest = write_manifest(fs, root, manifest_table(result.images, plan.identity))
+        rejects = write_rejects(fs, root, result.rejects)
+        log_to_mlflow(plan, fs, root, result, manifest, rejects)
+    for reject in sorted(result.rejects, key=lambda r: r["path"]):
+        print(f"rejected {reject['path']}: {reject['reason']}")
+    manifest_uri = f"{config.output.rstrip('/')}/{MANIFEST_FILE}"
+    metrics = result.metrics()
+    print(f"synthesized {result.num_written} images in {result.elapsed_s:.1f} s ({metrics['images_per_s']:.2f} images/s, "
+          f"actors' start-up included); {result.num_skipped} samples already done; {len(result.rejects)} rejected; "
+          f"{manifest_uri} lists {len(result.images)} images; MLflow run {active.info.run_id}")
+    if not result.images:
+        raise UserError(f"no images: every label map of {plan.input.description} was rejected (see {REJECTS_FILE})")
+    return SynthesisOutcome(active.info.run_id, result.num_written, len(result.images), result.num_skipped,
+                            result.rejects, manifest_uri, metrics)

@@ -1,0 +1,134 @@
+"""The training job's configuration: one dataclass whose fields are the command line's flags.
+
+    config = from_argv(TrainConfig, ["--store", "work/toy-store", "--preset", "crn-tiny"], ...)
+    config = parse_train_config([...])     # the same, as jobs/train.py calls it
+
+Defaults follow the published recipe (pipeline.training.recipe, crn-spec.md section 4): Adam
+at 1e-4, batch 1, the preset's K, the recipe's epochs and layer weights for the preset and the
+store's data set. Fields left at "auto" or 0 are filled in by `resolve()` (and the recipe's
+by the plan, which knows the store); `--dry-run` prints the result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from crn.losses import LAYER_WEIGHTS
+from crn.presets import PRESETS, make_config
+from crn.resolution import Resolution
+from pipeline.options import at_least, from_argv, identity_of, non_negative, option, positive, to_dict
+from pipeline.runtime import work_dir
+from pipeline.training.recipe import ALL_MODULES, ANY_DATASET, recipe_for
+
+PRECISIONS = ("fp32", "bf16")
+CACHE_CHOICES = ("auto", "yes", "no")
+AUTO = "auto"
+
+@dataclass
+class TrainConfig:
+    # --- model and data ---
+    store: str = option(help="preprocessed store: a folder or s3://bucket/prefix", identity=True)
+    preset: str = option("crn-256p", "model preset (crn.presets): widths, top resolution and K",
+                         choices=sorted(PRESETS), identity=True)
+    resolution: Resolution | None = option(None, "HxW to train at; default: the preset's top resolution (the only "
+                                                 "one it takes)", identity=True)
+    num_outputs: int = option(0, "K images per label map; 0 = the preset's K", check=non_negative, identity=True)
+    # --- workers ---
+    num_workers: int = option(1, "Ray Train workers (DDP ranks)", check=at_least(1), identity=True)
+    use_gpu: bool = option(False, "one GPU per worker (NCCL); otherwise CPU workers with gloo")
+    cpus_per_worker: float = option(1.0, "logical CPUs each worker reserves (the rest run Ray Data)", check=positive)
+    threads_per_worker: int = option(0, "torch threads per CPU worker; 0 = the node's cores divided among its workers",
+                                     check=non_negative)
+    # --- schedule ---
+    batch_size: int = option(1, "samples per worker per step (the authors: 1)", check=at_least(1), identity=True)
+    steps: int = option(0, "stop after this many optimizer steps; 0 = no step limit", check=non_negative, identity=True)
+    epochs: int = option(0, "stop after this many passes over the data (whichever of steps/epochs comes first); "
+                            "0 = the recipe's", check=non_negative, identity=True)
+    lr: float = option(1e-4, "Adam learning rate (constant)", check=positive, identity=True)
+    seed: int = option(0, "seed for initialisation and shuffling", identity=True)
+    shuffle_buffer: int = option(64, "rows in each worker's local shuffle buffer (reshuffled every epoch); "
+                                     "0 = no shuffling", check=non_negative, identity=True)
+    cache_data: str = option(AUTO, "hold the decoded training data in Ray's object store across epochs instead of "
+                                   "re-reading the store every epoch; auto = when the run spans several epochs and "
+                                   "the data takes at most a quarter of the object store", choices=CACHE_CHOICES)
+    # --- loss ---
+    loss_weights: str = option(AUTO, "VGG layer weights (crn-spec.md 3.2); auto = the recipe's row for the preset "
+                                     "and the store's data set", choices=[AUTO, *LAYER_WEIGHTS], identity=True)
+    vgg_weights: str = option("imagenet", "loss network weights: imagenet (torchvision cache, never downloaded), "
+                                          "a .pth file, or random", identity=True)
+    recalibrate_after_epoch: int = option(0, "after this epoch, divide each layer weight by its mean term over that "
+                                             "epoch (spec 3.3); 0 = never", check=non_negative, identity=True)
+    # --- memory ---
+    precision: str = option("fp32", "bf16 = bfloat16 autocast", choices=PRECISIONS, identity=True)
+    activation_checkpointing: bool = option(False, "recompute each refinement module's activations in the "
+                                                   "backward pass (less memory)")
+    # --- progressive stages ---
+    init_from: str = option("", "progressive stage: start from this checkpoint file or models:/ URI "
+                                "(matching modules only); empty = from scratch", identity=True)
+    train_modules: str = option(AUTO, "comma list of modules that learn, e.g. 512x1024,1024x2048,head; all = every "
+                                      "module; auto = the recipe's with --init-from, else all", identity=True)
+    # --- checkpoints, tracking, faults ---
+    run_name: str = option(AUTO, "Ray Train run name; re-running with the same name resumes; auto = from the config")
+    storage_path: str = option(AUTO, "folder or s3:// prefix for runs and checkpoints; auto = <work dir>/ray_results")
+    checkpoint_every: int = option(500, "steps between checkpoints (one is always written at the end)",
+                                   check=at_least(1))
+    keep_checkpoints: int = option(3, "newest checkpoints kept in storage", check=at_least(1))
+    log_every: int = option(10, "steps between reports to the driver (MLflow gets every step)", check=at_least(1))
+    image_every: int = option(500, "steps between label | outputs | photo grids; 0 = none", check=non_negative)
+    max_failures: int = option(3, "restarts from the last checkpoint after a lost worker before the run fails; "
+                                  "-1 = unlimited", check=at_least(-1))
+    experiment: str = option("crn-train", "MLflow experiment name")
+    model_name: str = option(AUTO, "registered model name; auto = crn-<dataset>-<HxW>")
+    alias: str = option("candidate", "alias the new registered version gets")
+    dry_run: bool = option(False, "print the resolved configuration and the recipe table, then exit")
+
+    def identity(self) -> dict:
+        """The fields marked identity=True: they change what a run computes. The default run
+        name is a digest of them, so the same command resumes the same run and a different
+        one starts afresh; operational fields (logging cadence, threads, failure budget,
+        where things are written) stay out."""
+        return identity_of(self)
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=1)
+
+
+def parse_train_config(argv: Sequence[str] | None) -> TrainConfig:
+    return from_argv(TrainConfig, argv, prog="jobs/train.py",
+                     description="Train a CRN from a preprocessed store with Ray Train; track it in MLflow and "
+                                 "register the model.")
+
+
+def resolve(config: TrainConfig, dataset: str = ANY_DATASET) -> TrainConfig:
+    """Fill in every "auto" and 0-means-default field from the preset and the recipe row for
+    `dataset` (the store's source format); the result is what the run records."""
+    preset = make_config(config.preset, num_classes=1)
+    recipe = recipe_for(config.preset, dataset)
+    resolved = dataclasses.replace(config)
+    if resolved.num_outputs == 0:
+        resolved.num_outputs = preset.num_outputs
+    if resolved.resolution is None:
+        resolved.resolution = preset.top_resolution
+    if resolved.epochs == 0:
+        resolved.epochs = recipe.epochs
+    if resolved.loss_weights == AUTO:
+        resolved.loss_weights = recipe.loss_weights
+    if resolved.train_modules == AUTO:
+        # The recipe's trained modules belong to its stage: a model that starts from scratch learns everything.
+        resolved.train_modules = recipe.train_modules if resolved.init_from else ALL_MODULES
+    if resolved.storage_path == AUTO:
+        resolved.storage_path = str(work_dir() / "ray_results")
+    elif "://" not in resolved.storage_path:
+        resolved.storage_path = str(Path(resolved.storage_path).expanduser().resolve())
+    # Workers run in other working directories: local paths must be absolute.
+    if "://" not in resolved.store:
+        resolved.store = str(Path(resolved.store).expanduser().resolve())
+    if resolved.run_name == AUTO:
+        identity = json.dumps(resolved.identity(), sort_keys=True)
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
+        resolved.run_name = f"train-{resolved.preset}-{resolved.resolution}-{digest}"
+    return resolved

@@ -1,0 +1,171 @@
+"""The training job: Ray Train workers over the store, one MLflow run, a registered model.
+
+    outcome = run(parse_train_config(argv))       # what jobs/train.py does
+
+In order:
+1. The plan (pipeline.training.plan): every check that needs no worker, and the recipe row.
+   Then the Ray cluster must have the CPUs (and GPUs) the workers ask for, with at least one
+   CPU left for Ray Data.
+2. The MLflow run: resumed if an earlier attempt of this Ray Train run left one, else new;
+   the whole config as params (pipeline.training.tracking).
+3. `TorchTrainer.fit()`: the loop of pipeline.training.loop on every worker, DDP (gloo on
+   CPU, NCCL on GPUs), the store's training rows as Ray Data shards (held decoded in the
+   object store when they fit, `--cache-data`), checkpoints in `<storage>/<run name>/`.
+   The same command (same run name) resumes from the latest checkpoint; a lost worker
+   restarts the group from it, up to `--max-failures` times.
+4. The final checkpoint is logged to the run and registered as `crn-<dataset>-<HxW>` with
+   the alias `candidate` (pipeline.registry.models).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.data.store import open_store
+from pipeline.errors import UserError
+from pipeline.fs import filesystem_for, is_s3
+from pipeline.runtime import init_ray, setup_mlflow, tracking_uri
+from pipeline.training.config import TrainConfig
+from pipeline.training.loop import CHECKPOINT_FILE, train_loop_per_worker
+from pipeline.training.plan import TRAIN_SPLIT, TrainPlan, make_plan
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str  # MLflow run
+    model_version: str  # registered version of `model_name`
+    checkpoint: Any  # ray.train.Checkpoint of the final state
+    final: dict  # the loop's return value on rank 0 (step, epoch, resumed_from_step, steps_per_s, ...)
+
+
+def check_resources(config: TrainConfig) -> None:
+    """One-line error unless the cluster can hold the workers and still feed them."""
+    import ray
+
+    available = ray.cluster_resources()
+    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    if config.use_gpu and gpus < config.num_workers:
+        raise UserError(f"--use-gpu with {config.num_workers} worker(s) needs {config.num_workers} GPU(s); "
+                        f"the Ray cluster has {gpus:g}")
+    needed = config.num_workers * config.cpus_per_worker
+    # Ray Data's read and decode tasks need a CPU of their own, or the workers wait forever.
+    if needed + 1 > cpus:
+        raise UserError(f"{config.num_workers} worker(s) x {config.cpus_per_worker:g} CPU plus 1 CPU for Ray Data "
+                        f"need {needed + 1:g} CPUs; the Ray cluster has {cpus:g} "
+                        f"(lower --num-workers or --cpus-per-worker)")
+
+
+def warn_if_random_vgg(plan: TrainPlan) -> None:
+    if plan.vgg_source == "random":
+        bar = "!" * 78
+        print(f"{bar}\n!! WARNING: the VGG-19 loss network has RANDOM weights (--vgg-weights random).\n"
+              f"!! The loss is not the paper's perceptual loss; use this only for tests and smoke runs.\n{bar}",
+              file=sys.stderr)
+
+
+def cache_training_data(plan: TrainPlan) -> bool:
+    """--cache-data: yes, no, or (auto) when the run spans several epochs and the decoded data
+    fits in a quarter of the object store (a single pass reads the store once either way)."""
+    import mlflow
+    import ray
+
+    config = plan.config
+    if config.cache_data == "auto":
+        epochs = config.epochs if not config.steps else min(config.epochs, -(-config.steps // plan.steps_per_epoch))
+        height, width = plan.model_config.top_resolution
+        data_bytes = plan.train_samples * height * width * 4  # uint8 label + RGB photo
+        cache = epochs > 1 and data_bytes <= ray.cluster_resources().get("object_store_memory", 0) / 4
+    else:
+        cache = config.cache_data == "yes"
+    mlflow.set_tag("crn.data_cached", str(cache))
+    return cache
+
+
+def fit(plan: TrainPlan, run_id: str, logged_up_to: int, train_loop: Callable[[dict], dict]):
+    """Start the workers and run `train_loop` to the end; returns Ray Train's Result."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.training.tracking import MLflowReports
+
+    config = plan.config
+    # Ray Train takes S3 as a pyarrow filesystem with our endpoint and a bucket/prefix path.
+    storage_fs, storage_path = (None, config.storage_path)
+    if is_s3(config.storage_path):
+        storage_fs, storage_path = filesystem_for(config.storage_path)
+    store = open_store(config.store)
+    # Only the pixel columns travel to the workers (sample ids are strings, which torch cannot batch).
+    train_data = store.dataset(TRAIN_SPLIT, config.resolution).select_columns(["label", "photo"])
+    # Preserving Ray Data's order makes the split across ranks the same every epoch and on re-runs.
+    train_data.context.execution_options.preserve_order = True
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
+    if cache_training_data(plan):
+        # Each epoch re-runs the dataset: from memory that takes a moment, from the store a
+        # read and decode of every sample (many seconds per epoch for a small data set).
+        train_data = train_data.materialize()
+    # Earlier-stage weights go through the object store once, not into every worker's config.
+    init_ref = ray.put(plan.init_weights) if plan.init_weights else None
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=plan.for_workers(init_ref).to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=config.run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            callbacks=[MLflowReports(tracking_uri(), run_id, plan.run_dir, logged_up_to)],
+        ),
+        datasets={TRAIN_SPLIT: train_data},
+        dataset_config=DataConfig(execution_options=ingest),
+    )
+    return trainer.fit()
+
+
+def run(config: TrainConfig, train_loop: Callable[[dict], dict] = train_loop_per_worker) -> TrainOutcome:
+    """The whole job for a parsed config (not a dry run: see jobs/train.py).
+
+    `train_loop` is what every worker runs; tests wrap the real loop to inject faults.
+    """
+    plan = make_plan(config)
+    init_ray(dashboard=True)  # Ray Train's state queries need it (pipeline.runtime.init_ray)
+    check_resources(plan.config)
+    warn_if_random_vgg(plan)
+
+    import mlflow
+
+    from pipeline.registry.models import log_and_register
+    from pipeline.training.tracking import log_params, start_or_resume_run
+
+    setup_mlflow(plan.config.experiment)
+    active, resumed, logged_up_to = start_or_resume_run(plan.config.experiment, plan.run_dir, plan.config.run_name)
+    with active:
+        log_params(plan.describe(), resumed)
+        mlflow.set_tags({"crn.vgg_weights": plan.vgg_source.split(":")[0], "crn.dataset": plan.dataset,
+                         "crn.preset": plan.config.preset})
+        result = fit(plan, active.info.run_id, logged_up_to, train_loop)
+        if result.checkpoint is None:
+            raise UserError(f"run {plan.run_dir} ended without a checkpoint")
+        tags = mlflow.get_run(active.info.run_id).data.tags
+        if tags.get("crn.final_checkpoint") == result.checkpoint.path:  # a re-run of a finished run
+            version = tags["crn.registered_version"]
+        else:
+            with result.checkpoint.as_directory() as folder:
+                version = log_and_register(Path(folder) / CHECKPOINT_FILE, plan.config.model_name, plan.config.alias)
+        final = result.return_value or {}
+        mlflow.set_tags({"crn.final_checkpoint": result.checkpoint.path, "crn.registered_version": version})
+    print(f"trained {plan.config.run_name} to step {final.get('step', '?')} (epoch {final.get('epoch', '?')}); "
+          f"registered models:/{plan.config.model_name}/{version} as @{plan.config.alias}; "
+          f"MLflow run {active.info.run_id}")
+    return TrainOutcome(run_id=active.info.run_id, model_version=version, checkpoint=result.checkpoint, final=final)
+
+
