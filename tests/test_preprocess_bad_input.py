@@ -6,7 +6,10 @@ what makes the whole job impossible is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +49,7 @@ def damaged(tmp_path_factory):
 
     label, photo = files[names[0]]  # a "PNG" that is text
     photo.write_text("this is not an image")
-    expected[names[0]] = (photo, "unreadable photo image")
+    expected[names[0]] = (photo, "photo is not an image file (20 bytes in no image format Pillow knows)")
 
     label, photo = files[names[1]]  # a truncated PNG
     label.write_bytes(label.read_bytes()[: len(label.read_bytes()) // 2])
@@ -62,7 +65,7 @@ def damaged(tmp_path_factory):
 
     label, photo = files[names[4]]  # a photo without its label
     label.unlink()
-    expected[names[4]] = (photo, "photo has no label")
+    expected[names[4]] = (photo, "photo has no label (expected ")
 
     label, photo = files[names[5]]  # ids the schema does not know
     ids = np.asarray(Image.open(label)).copy()
@@ -93,6 +96,28 @@ def damaged(tmp_path_factory):
     Image.fromarray(rgba).save(color)
     # (only a problem with --label-type color; with ids this sample is good)
 
+    label, photo = files[names[10]]  # an empty label file
+    label.write_bytes(b"")
+    expected[names[10]] = (label, "empty label file (0 bytes)")
+
+    label, photo = files[names[11]]  # a folder where the label file should be
+    label.unlink()
+    label.mkdir()
+    expected[names[11]] = (photo, f"photo's label {label} is a folder, not a file")
+
+    label, photo = files[names[12]]  # a label whose header claims 128 megapixels
+    label.write_bytes(_png_header(width=16384, height=8192))
+    expected[names[12]] = (label, "label image too large: its header claims more than 89 megapixels")
+
+    city = root / "leftImg8bit" / "train" / "toyville"
+    odd = os.fsencode(city) + b"/caf\xe9_000000_000019_leftImg8bit.png"  # Latin-1, not UTF-8
+    Path(os.fsdecode(odd)).write_bytes(photo.read_bytes())
+    expected["odd name"] = (odd.decode("utf-8", "backslashreplace"), "file name is not valid UTF-8")
+    (city / "gone_000000_000019_leftImg8bit.png").symlink_to(root / "nowhere.png")
+    expected["dangling"] = (city / "gone_000000_000019_leftImg8bit.png", f"dangling symlink to {root / 'nowhere.png'}")
+    (city / "again").symlink_to(city.parent)  # a folder link back up: followed once, it would never end
+    expected["loop"] = (city / "again", f"symlink loop: leads back to {city.parent}, not followed")
+
     notes = root / "leftImg8bit" / "train" / "toyville" / "notes.txt"  # files that are not images
     notes.write_text("taken on a sunny day")
     expected["notes"] = (notes, "not a Cityscapes photo")
@@ -102,6 +127,15 @@ def damaged(tmp_path_factory):
 
     good = [n for n in names if n not in expected and n != names[9]] + [names[9]] + written["val"]
     return root, expected, sorted(good), names[9]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and header claiming width x height grey pixels, and no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def _rejects(out: Path) -> dict[str, str]:
@@ -165,7 +199,7 @@ def test_no_good_samples_is_an_error_and_writes_no_store(toy_source, tmp_path, c
     line = _one_line_error(capsys, ray_ran=True)
     assert line.startswith(f"error: no good samples in {source}: all 12 inputs rejected (first: ")
     assert "wrong aspect ratio" in line
-    assert not (out / "manifest.json").exists()
+    assert not out.exists(), "a run that wrote no sample leaves no store folder behind"
 
 
 @pytest.mark.parametrize(

@@ -53,9 +53,12 @@ def label_folder(tmp_path_factory):
     rng = np.random.default_rng(3)
     known_ids = np.array([label.id for label in LABELS if label.id >= 0], dtype=np.uint8)
     good = {}
-    for name, (h, w) in {"street_a": (64, 128), "street_b": (64, 128), "street_c": (64, 128), "small_exact": (32, 64)}.items():
+    sizes = {"street_a": (64, 128), "street_b": (64, 128), "street_c": (64, 128), "small_exact": (32, 64),
+             "256/00100027": (64, 128)}  # the last in a nested folder: its sample id keeps the "/"
+    for name, (h, w) in sizes.items():
         ids = known_ids[rng.integers(0, len(known_ids), size=(h // 8, w // 8))].repeat(8, 0).repeat(8, 1)
         ids[rng.random((h, w)) < 0.1] = 26  # speckles of car, so nearest neighbour has detail to pick
+        (folder / f"{name}.png").parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(ids).save(folder / f"{name}.png")
         good[name] = nearest(train_ids(ids), HEIGHT, WIDTH)
     good_png = (folder / "street_a.png").read_bytes()
@@ -91,8 +94,17 @@ def test_label_folder_bad_files_are_rejected_the_rest_synthesized(label_folder, 
     for reject in rejects:
         assert Path(reject["path"]).parent == folder
         assert bad[Path(reject["path"]).name] in reject["reason"], reject
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("rejected ")]
+    out = capsys.readouterr().out.splitlines()
+    printed = [line for line in out if line.startswith("rejected ")]
     assert len(printed) == len(bad) and all(str(folder) in line for line in printed)
+    # Larger maps are downsampled to the model's 32x64, and the job says so once, by their headers
+    # (the truncated 64x128 file counts; the wide, the tiny and the exact ones do not).
+    notes = [line for line in out if line.startswith("note: ")]
+    assert notes == ["note: 5 label maps are larger than the model's 32x64: each is downsampled to it by nearest "
+                     "neighbour (5 of 64x128; recorded in job.json)"], out
+    assert json.loads((output / "job.json").read_text())["larger_inputs"] == {"64x128": 5}
+    # A nested label folder gives a nested, readable output folder.
+    assert (output / "images" / "256" / "00100027" / "0.png").is_file()
 
     rows = pq.read_table(output / "manifest.parquet").to_pylist()
     assert [(r["sample_id"], r["variant"]) for r in rows] == [(s, k) for s in sorted(good) for k in range(TEST_NUM_OUTPUTS)]

@@ -25,17 +25,20 @@ the rows 47..1003 (957x1914).
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from crn.resolution import Resolution
 from pipeline.data.schema import INVALID, LabelSchema
 
 PHOTO_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr")
 ID_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+# The reason's first words, by which a job can add its own advice (preprocessing: --crop-to-aspect).
+WRONG_ASPECT = "wrong aspect ratio"
 COLOR_LABEL_MODES = ("RGB", "RGBA", "P", "PA")
 
 
@@ -132,10 +135,24 @@ class LabelMapper:
 
 
 def decode_image(data: bytes, path: str, kind: str) -> Image.Image:
-    """Decode every pixel now, so a truncated or corrupt file fails here, with its path."""
+    """Decode every pixel now, so a truncated or corrupt file fails here, with its path.
+
+    Pillow's own messages name an in-memory buffer ("<_io.BytesIO object at 0x...>") or
+    only warn (a decompression bomb); each case becomes a reason a user can act on.
+    """
+    if not data:
+        raise BadInput(path, f"empty {kind} file (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that: both are rejects.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise BadInput(path, f"{kind} image too large: its header claims more than "
+                             f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels") from None
+    except UnidentifiedImageError:
+        raise BadInput(path, f"{kind} is not an image file ({len(data)} bytes in no image format Pillow knows)") from None
     except Exception as exc:  # Pillow raises many types for bad files; all mean "unreadable"
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInput(path, f"unreadable {kind} image ({message})") from None
@@ -209,8 +226,7 @@ class SamplePreparer:
         width, height = label.size
         if width != 2 * height:
             if not self.settings.crop_to_aspect:
-                raise BadInput(label_name, f"wrong aspect ratio: {height}x{width} is not h x 2h "
-                                           "(--crop-to-aspect cuts the centre 1:2 window)")
+                raise BadInput(label_name, f"{WRONG_ASPECT}: {height}x{width} is not h x 2h")
             box = centre_crop_box(height, width)
             label = label.crop(box)
             photo = photo.crop(box) if photo is not None else None

@@ -23,13 +23,13 @@ from typing import Sequence
 import pyarrow.fs as pafs
 
 from crn.resolution import Resolution, parse_resolutions
-from pipeline.data.prepare import PrepareSettings
+from pipeline.data.prepare import WRONG_ASPECT, PrepareSettings
 from pipeline.data.schema import load_schema
 from pipeline.data.shards import build_shard, plan_shards, rows_per_file_for
 from pipeline.data.sources import DEFAULT_LABEL_TYPE, FORMATS, LABEL_TYPES, scan_source
 from pipeline.data.store import STORE_FORMAT, StoreError, check_destination, read_manifest, write_manifest
 from pipeline.errors import UserError
-from pipeline.fs import join, uri_join
+from pipeline.fs import filesystem_for, join, uri_join
 from pipeline.options import at_least, from_argv, one_of, option, to_dict
 from pipeline.runtime import init_ray
 
@@ -92,7 +92,6 @@ def run(config: PreprocessConfig) -> dict:
     schema = load_schema(config.schema)
     started = time.perf_counter()
 
-    store_fs, store_root = check_destination(config.out)
     scan = scan_source(config.source, config.format, config.label_type, config.splits or None)
     for reject in scan.rejects:
         print(f"warning: rejected {reject.path}: {reject.reason}", file=sys.stderr)
@@ -100,6 +99,8 @@ def run(config: PreprocessConfig) -> dict:
           f"{len(scan.rejects)} rejected by name; {scan.num_files} files, fingerprint {scan.fingerprint[:19]}")
     if not scan.candidates:
         raise UserError(_no_samples_message(config.source, [r.to_dict() for r in scan.rejects]))
+    created = not _exists(config.out)
+    store_fs, store_root = check_destination(config.out)
 
     key = _store_key(config, schema.fingerprint(), scan.fingerprint)
     data_dir = f"data/{key}"
@@ -116,6 +117,7 @@ def run(config: PreprocessConfig) -> dict:
 
     manifest = _manifest(config, schema, scan, key, data_dir, summaries)
     if sum(split["count"] for split in manifest["splits"].values()) == 0:
+        _discard(store_fs, store_root, data_dir, created)
         raise UserError(_no_samples_message(config.source, manifest["rejects"]))
     write_manifest(store_fs, store_root, manifest)
     _remove_leftovers(store_fs, store_root, manifest)
@@ -222,6 +224,31 @@ def _remove_leftovers(store_fs, store_root: str, manifest: dict) -> None:
             store_fs.delete_file(info.path)
 
 
+def _exists(uri: str) -> bool:
+    try:
+        fs, root = filesystem_for(uri)
+        return fs.get_file_info(root).type != pafs.FileType.NotFound
+    except (OSError, ValueError):
+        return False  # check_destination says what is wrong
+
+
+def _discard(store_fs, store_root: str, data_dir: str, created: bool) -> None:
+    """Leave no trace of a run that wrote no sample: its (empty) data folder, and the store
+    folder itself if this run created it and nothing else is in it."""
+    for folder in (join(store_root, data_dir), join(store_root, "data")):
+        if _is_empty_dir(store_fs, folder):
+            store_fs.delete_dir(folder)
+    if created and _is_empty_dir(store_fs, store_root):
+        store_fs.delete_dir(store_root)
+
+
+def _is_empty_dir(fs, path: str) -> bool:
+    """A folder holding no file (empty folders inside it do not count)."""
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return False
+    return all(info.type != pafs.FileType.File for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)))
+
+
 def _no_samples_message(source: str, rejects: list[dict]) -> str:
     if not rejects:
         return f"no good samples in {source}: no label/photo pairs found (check --format and --splits)"
@@ -236,5 +263,7 @@ def _print_summary(manifest: dict, out: str, seconds: float, written: int, reuse
     print(f"preprocess: wrote {total} samples ({counts}) to {out}")
     print(f"  resolutions {', '.join(manifest['resolutions'])}; {len(manifest['rejects'])} rejected "
           f"(listed in {uri_join(out, 'manifest.json')})")
+    if any(r["reason"].startswith(WRONG_ASPECT) for r in manifest["rejects"]):
+        print("  hint: --crop-to-aspect keeps images that are not 1:2 by cutting their centre 1:2 window")
     print(f"  parts: {written} written, {reused} reused, {size / 2**20:.1f} MiB; "
           f"{seconds:.1f} s, {total / max(seconds, 1e-9):.1f} samples/s")

@@ -18,10 +18,17 @@ Layouts (`root` is a local folder or an s3:// prefix):
 - `labels-only`: label PNGs only (for synthesis), under `<split>/labels/`, else `labels/`,
   else the root itself.
 Names starting with "." (.DS_Store, our own temporary files) are skipped everywhere.
+
+Local folders are walked by the scanner itself, not by pyarrow's recursive listing, so that
+what a file system can hold but a data set should not is a reject with its reason rather
+than a crash or silence: a name that is not valid UTF-8 (shown escaped), a symlink to
+nothing, a folder symlink that leads back to a folder above it (followed no further: one
+reject), and a folder where a label or photo file should be.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 from dataclasses import asdict, dataclass, field
 
@@ -127,6 +134,7 @@ class _Scanner:
         self.candidates: list[Candidate] = []
         self.rejects: list[Reject] = []
         self.fingerprinted: dict[str, pafs.FileInfo] = {}
+        self.odd_entries: dict[str, str] = {}  # local entries rejected without a FileInfo: reason
 
     # ---- listing ----
 
@@ -135,16 +143,63 @@ class _Scanner:
 
     def list_files(self, folder: str) -> dict[str, pafs.FileInfo]:
         """Files under `folder` (recursively), keyed by path relative to it; dotfiles skipped."""
-        selector = pafs.FileSelector(folder, recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            paths = self._walk_local(os.fsencode(folder), ancestors=set())
+            infos = self.fs.get_file_info(paths) if paths else []
+        else:
+            infos = [i for i in self.fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+                     if i.type == pafs.FileType.File]
         files = {}
-        for info in self.fs.get_file_info(selector):
-            if info.type != pafs.FileType.File:
-                continue
+        for info in infos:
             relative = posixpath.relpath(info.path, folder)
-            if any(part.startswith(".") for part in relative.split("/")):
-                continue
-            files[relative] = info
+            if not any(part.startswith(".") for part in relative.split("/")):
+                files[relative] = info
         return files
+
+    def _walk_local(self, folder: bytes, ancestors: set[tuple[int, int]]) -> list[str]:
+        """Paths of the regular files under a local folder; odd entries become rejects."""
+        status = os.stat(folder)
+        here = ancestors | {(status.st_dev, status.st_ino)}
+        found = []
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith(b"."):
+                    continue
+                shown = entry.path.decode("utf-8", "backslashreplace")
+                try:
+                    path = entry.path.decode("utf-8")
+                except UnicodeDecodeError:
+                    self.reject_local(entry.path, "file name is not valid UTF-8 (shown with \\x escapes); rename it")
+                    continue
+                try:
+                    target = os.stat(entry.path)  # follows symlinks
+                except OSError:
+                    if entry.is_symlink():
+                        self.reject_local(entry.path, f"dangling symlink to {os.readlink(shown)}")
+                    else:
+                        self.reject_local(entry.path, "cannot be read")
+                    continue
+                if entry.is_dir():
+                    if (target.st_dev, target.st_ino) in here:
+                        self.reject_local(entry.path, f"symlink loop: leads back to {os.path.realpath(shown)}, "
+                                                      "not followed")
+                    else:
+                        found += self._walk_local(entry.path, here)
+                elif entry.is_file():
+                    found.append(path)
+        return found
+
+    def reject_local(self, path: bytes, reason: str) -> None:
+        """A local entry that has no usable FileInfo (odd name, broken link): rejected by its path."""
+        shown = path.decode("utf-8", "backslashreplace")
+        self.odd_entries[shown] = reason
+        self.rejects.append(Reject(shown, reason))
+
+    def missing(self, kind: str, what: str, expected: str) -> str:
+        """Why a `kind` file's partner `what` is missing: absent, or a folder in its place."""
+        if self.fs.get_file_info(expected).type == pafs.FileType.Directory:
+            return f"{kind}'s {what} {display_path(self.uri, expected)} is a folder, not a file"
+        return f"{kind} has no {what} (expected {display_path(self.uri, expected)})"
 
     def reject(self, info: pafs.FileInfo, reason: str) -> None:
         self.fingerprinted[info.path] = info
@@ -183,11 +238,10 @@ class _Scanner:
         for key in sorted(photos.keys() | labels.keys()):
             photo, label = photos.get(key), labels.get(key)
             if label is None:
-                expected = posixpath.join(label_dir, key + label_suffix)
-                self.reject(photo, f"photo has no label (expected {display_path(self.uri, expected)})")
+                self.reject(photo, self.missing("photo", "label", posixpath.join(label_dir, key + label_suffix)))
             elif photo is None:
                 expected = posixpath.join(photo_dir, key + CITYSCAPES_PHOTO_SUFFIX)
-                self.reject(label, f"label has no photo (expected {display_path(self.uri, expected)})")
+                self.reject(label, self.missing("label", "photo", expected))
             else:
                 self.add(split, posixpath.basename(key), label, photo)
 
@@ -236,7 +290,7 @@ class _Scanner:
         for stem in sorted(photos.keys() | labels.keys()):
             photo, label = photos.get(stem), labels.get(stem)
             if label is None:
-                self.reject(photo, f"photo has no label (expected {display_path(self.uri, label_dir)}/{stem}.png)")
+                self.reject(photo, self.missing("photo", "label", f"{label_dir}/{stem}.png"))
             elif photo is None:
                 self.reject(label, f"label has no photo (expected {display_path(self.uri, photo_dir)}/{stem}.*)")
             else:
@@ -277,7 +331,7 @@ class _Scanner:
             candidates=candidates,
             rejects=sorted(self.rejects),
             fingerprint=self._fingerprint(),
-            num_files=len(self.fingerprinted),
+            num_files=len(self.fingerprinted) + len(self.odd_entries),
             splits=splits,
             filesystem=self.fs,
             root=self.root,
@@ -296,5 +350,7 @@ class _Scanner:
             relative = posixpath.relpath(path, self.root)
             mtime = info.mtime_ns if info.mtime_ns is not None else 0
             digest.update(f"{relative}\t{info.size}\t{mtime}\n".encode())
+        for shown, reason in sorted(self.odd_entries.items()):
+            digest.update(f"{shown}\t{reason}\n".encode())
         return "sha256:" + digest.hexdigest()
 

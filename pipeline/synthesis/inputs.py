@@ -16,13 +16,16 @@ to class indices and downsampled to the model's resolution by nearest neighbour.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from PIL import Image
 
 from crn.resolution import Resolution
 from pipeline.data.prepare import BadInput, PrepareSettings, SamplePreparer
@@ -40,6 +43,10 @@ class SynthesisInput:
     description: str  # "store s3://b/x split val" / "label folder /data/labels"
     rejects: list[dict]  # found before reading any pixel: {"path", "reason"}
     has_photos: bool
+    # Label maps (by their headers) larger than the model's resolution, which the job
+    # downsamples to it by nearest neighbour: {"HxW": count}. Empty for a store, whose maps
+    # are stored at the model's resolution.
+    larger: dict[str, int] = field(default_factory=dict)
 
 
 def open_store_split(uri: str, split: str, resolution: Resolution) -> SynthesisInput:
@@ -100,7 +107,28 @@ def open_label_folder(uri: str, schema: LabelSchema, label_type: str, resolution
             batch_format="numpy",
         )
 
-    return SynthesisInput(build_dataset, preview, schema, f"label folder {uri}", rejects, has_photos=False)
+    sizes = label_sizes(scan.filesystem, [item["path"] for item in items])
+    larger = {str(size): count for size, count in sorted(sizes.items())
+              if size.is_crn_size and size.height > resolution.height}
+    return SynthesisInput(build_dataset, preview, schema, f"label folder {uri}", rejects, has_photos=False,
+                          larger=larger)
+
+
+def label_sizes(filesystem: pafs.FileSystem, paths: list[str]) -> Counter:
+    """{Resolution: count} of label maps, from their headers alone (a few hundred bytes each, read
+    in parallel: on S3 each is one small request). Unreadable files are left out: the job
+    rejects them with their reason."""
+
+    def size(path: str) -> Resolution | None:
+        try:
+            with filesystem.open_input_file(path) as handle, Image.open(handle) as image:
+                width, height = image.size
+                return Resolution(height, width)
+        except Exception:  # any unreadable file: the job's own checks say why
+            return None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return Counter(s for s in pool.map(size, paths) if s is not None)
 
 
 def _prepare_labels(batch: dict[str, np.ndarray], settings: PrepareSettings, filesystem: pafs.FileSystem, uri: str) -> dict[str, np.ndarray]:

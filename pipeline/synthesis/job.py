@@ -38,6 +38,7 @@ from pipeline.synthesis.config import SynthesizeConfig
 from pipeline.synthesis.gallery import GallerySample, gallery_html
 from pipeline.synthesis.outputs import (
     GALLERY_FILE,
+    JOB_FILE,
     MANIFEST_FILE,
     REJECTS_FILE,
     claim_output,
@@ -205,9 +206,14 @@ def run(config: SynthesizeConfig) -> SynthesisOutcome:
     plan = make_plan(config)
     try:
         fs, root = filesystem_for(config.output)
-        claim_output(fs, root, config.output, plan.identity)
+        claim_output(fs, root, config.output, plan.identity, {"larger_inputs": plan.input.larger})
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot write to output {config.output}: {str(exc).strip().splitlines()[0]}") from None
+    if plan.input.larger:
+        sizes = ", ".join(f"{count} of {size}" for size, count in plan.input.larger.items())
+        print(f"note: {sum(plan.input.larger.values())} label maps are larger than the model's "
+              f"{plan.identity.resolution}: each is downsampled to it by nearest neighbour ({sizes}; "
+              f"recorded in {JOB_FILE})")
     init_ray()
 
     import mlflow

@@ -5,7 +5,9 @@
     <output>/manifest.parquet          one row per image, written last
     <output>/rejects.json              input label maps left out, with the reason for each
 
-`<sample>` is the sample id, percent-quoted so that an id holding "/" stays one folder.
+`<sample>` is the sample id; an id holding "/" (label maps in nested folders) gives nested
+folders (`images/256/00100027/0.png`), each part percent-quoted where a file system would
+not take it as it is.
 
 Every image file is written atomically (pipeline.fs.write_bytes_atomically: temp file and
 rename locally, a single upload on S3), so an image that exists is complete. Each image is
@@ -90,7 +92,8 @@ class OutputIdentity:
 
 def image_path(sample_id: str, variant: int) -> str:
     """Path of an image relative to the output folder (also the manifest's `image_path`)."""
-    return posixpath.join(IMAGES_DIR, quote(sample_id, safe=""), f"{variant}.png")
+    folders = [quote(part, safe=" ()+,;=@[]~") for part in sample_id.split("/")]
+    return posixpath.join(IMAGES_DIR, *folders, f"{variant}.png")
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -102,8 +105,11 @@ def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def claim_output(fs: pafs.FileSystem, root: str, uri: str, identity: OutputIdentity) -> None:
-    """Write job.json into a new output folder, or check that an existing one agrees with it."""
+def claim_output(fs: pafs.FileSystem, root: str, uri: str, identity: OutputIdentity, notes: dict | None = None) -> None:
+    """Write job.json into a new output folder, or check that an existing one agrees with it.
+
+    `notes` (not pinned: a re-run may differ) are recorded beside the identity, e.g. how many
+    label maps were downsampled to the model's resolution."""
     path = join(root, JOB_FILE)
     if fs.get_file_info(path).type == pafs.FileType.File:
         try:
@@ -120,7 +126,8 @@ def claim_output(fs: pafs.FileSystem, root: str, uri: str, identity: OutputIdent
         return
     if isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(root, recursive=True)
-    write_bytes_atomically(fs, path, (json.dumps(identity.to_dict(), indent=1) + "\n").encode())
+    document = {**identity.to_dict(), **(notes or {})}
+    write_bytes_atomically(fs, path, (json.dumps(document, indent=1) + "\n").encode())
 
 
 @dataclasses.dataclass
@@ -138,14 +145,13 @@ def list_existing(fs: pafs.FileSystem, root: str, num_outputs: int) -> ExistingI
     for info in fs.get_file_info(selector):
         if info.type != pafs.FileType.File:
             continue
-        parts = posixpath.relpath(info.path, images_root).split("/")
-        if len(parts) != 2:
+        *folders, name = posixpath.relpath(info.path, images_root).split("/")
+        if not folders:
             continue  # not ours
-        folder, name = parts
         if name.startswith("."):
             temp_files.append(info.path)
         elif (match := _VARIANT_FILE.match(name)) and int(match[1]) < num_outputs:
-            variants[unquote(folder)].add(int(match[1]))
+            variants["/".join(unquote(folder) for folder in folders)].add(int(match[1]))
     return ExistingImages(dict(variants), temp_files)
 
 

@@ -42,6 +42,7 @@ class SynthesisPlan:
             "model.widths": list(self.model_config.widths),
             "model.num_outputs": self.model_config.num_outputs,
             "data.input": self.input.description,
+            "data.larger_inputs": self.input.larger,
             "data.schema": self.schema.name,
             "data.resolution": self.identity.resolution,
         }
