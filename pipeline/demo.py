@@ -92,7 +92,7 @@ def run(config: DemoConfig) -> dict:
     from mlflow import MlflowClient
 
     setup_mlflow(DEMO_EXPERIMENT)
-    MlflowClient().set_registered_model_alias(DEMO_MODEL_NAME, "champion", outcome.model_version)
+    MlflowClient(tracking_uri()).set_registered_model_alias(DEMO_MODEL_NAME, "champion", outcome.model_version)
 
     print(f"[4/4] synthesizing the validation split -> {synth}")
     synthesis_job.run(parse_synthesize_config([

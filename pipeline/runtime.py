@@ -59,12 +59,25 @@ def tracking_uri() -> str:
     return f"sqlite:///{work_dir() / 'mlflow.db'}"
 
 
-def setup_mlflow(experiment: str) -> str:
-    """Point MLflow at `tracking_uri()` and select (creating if needed) `experiment`."""
+def use_tracking_store() -> str:
+    """Point MLflow (tracking and registry) at `tracking_uri()`; returns the URI.
+
+    Every MLflow use goes through here or `setup_mlflow`: MLflow's own default is a SQLite
+    file in whatever folder the process started in.
+    """
     import mlflow
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def setup_mlflow(experiment: str) -> str:
+    """Point MLflow at `tracking_uri()` and select (creating if needed) `experiment`."""
+    import mlflow
+
+    uri = use_tracking_store()
     if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(experiment) is None:
         # A SQLite store's default artifact root is ./mlruns in whatever the working directory
         # happens to be; keep artifacts beside the database instead (absolute, so Ray workers

@@ -7,9 +7,16 @@ crn.checkpoint. A real MLflow SQLite store (MLFLOW_TRACKING_URI from conftest.py
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
+from PIL import Image
 from mlflow.tracking import MlflowClient
 from synth_models import TEST_NUM_OUTPUTS, make_test_checkpoint, reference_images
 
@@ -18,6 +25,7 @@ from pipeline.errors import UserError
 from pipeline.registry.models import load_model, log_and_register
 from pipeline.runtime import setup_mlflow
 
+REPO = Path(__file__).resolve().parent.parent
 HEIGHT, WIDTH = 32, 64  # crn-tiny's top resolution
 
 
@@ -123,3 +131,30 @@ def test_log_and_register_needs_an_active_run(tmp_path):
     assert mlflow.active_run() is None
     with pytest.raises(UserError, match="active MLflow run"):
         log_and_register(path, "crn-registry-test")
+
+
+def test_a_fresh_process_finds_a_registered_model_without_any_mlflow_setting(tmp_path):
+    """As a new user would: train registered a model into the work folder's store; then
+    `synthesize.py --model models:/...` from another folder, MLFLOW_TRACKING_URI unset. The
+    model resolves from the work folder's store, and nothing is written where the command ran."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(CRN_WORK_DIR=str(work), PYTHONPATH=str(REPO))
+    checkpoint = make_test_checkpoint(tmp_path / "model.pt", seed=3)
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.full((HEIGHT, WIDTH), 7, np.uint8)).save(tmp_path / "labels" / "road.png")
+    register = ("import mlflow; from pipeline.registry.models import log_and_register; "
+                "from pipeline.runtime import setup_mlflow; setup_mlflow('fresh-process'); run = mlflow.start_run(); "
+                f"print(log_and_register({str(checkpoint)!r}, 'crn-fresh', alias='candidate')); mlflow.end_run()")
+    registered = subprocess.run([sys.executable, "-c", register], env=env, cwd=elsewhere, capture_output=True,
+                                text=True, timeout=600)
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    dry_run = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "synthesize.py"), "--model", "models:/crn-fresh@candidate",
+         "--labels", str(tmp_path / "labels"), "--output", str(tmp_path / "out"), "--dry-run"],
+        env=env, cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert dry_run.returncode == 0, dry_run.stderr[-2000:]
+    assert json.loads(dry_run.stdout)["model.version"] == "1"
+    assert list(elsewhere.iterdir()) == [], "a job wrote into the folder it was started from"
+    assert (work / "mlflow.db").is_file()

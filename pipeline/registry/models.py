@@ -11,6 +11,11 @@ Why not `mlflow.pytorch.log_model`: its default format (torch.export, "pt2") nee
 example and fixes the spatial size (stack-notes.md); the checkpoint already rebuilds the
 model exactly, with `torch.load(weights_only=True)` and no pickled code.
 
+Resolving a registry or run URI first points MLflow at the project's tracking store
+(pipeline.runtime.use_tracking_store: MLFLOW_TRACKING_URI, else the work folder's SQLite
+file), so a model URI resolves the same before and after a job sets MLflow up, and nothing
+lands in the folder a job starts from.
+
 URIs accepted by `load_model`:
   models:/<name>@<alias>     the alias is resolved to a version once, and that version loaded
   models:/<name>/<version>   a fixed version
@@ -35,7 +40,7 @@ from crn.checkpoint import load_checkpoint, model_from_checkpoint
 from crn.model import CRN
 from pipeline.errors import UserError, first_line
 from pipeline.registry.pyfunc import CHECKPOINT_KEY, CRNPythonModel
-from pipeline.runtime import REPO_ROOT
+from pipeline.runtime import REPO_ROOT, use_tracking_store
 
 # The name the checkpoint file gets inside a logged model; `artifacts/<this>` in its folder.
 CHECKPOINT_ARTIFACT = "crn_checkpoint.pt"
@@ -128,6 +133,7 @@ def resolve_checkpoint(uri_or_path: str) -> ResolvedCheckpoint:
             raise UserError(f"model checkpoint {uri_or_path}: no such file")
         return ResolvedCheckpoint(path=path.resolve(), uri=uri_or_path, version=None)
 
+    use_tracking_store()
     version = None
     download_uri = uri_or_path
     if match := _ALIAS_URI.match(uri_or_path):
@@ -166,7 +172,8 @@ def _download_checkpoint(uri: str, download_dir: Path) -> Path:
     from mlflow.models import Model
 
     try:
-        mlmodel = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=str(download_dir / "meta")))
+        mlmodel = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=str(download_dir / "meta")))
     except Exception:  # any failure here means: not a logged model folder
         mlmodel = None
     if mlmodel is not None and mlmodel.is_file():
@@ -178,7 +185,8 @@ def _download_checkpoint(uri: str, download_dir: Path) -> Path:
     else:
         target_uri = uri  # not a logged model: the URI names a checkpoint file itself
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=target_uri, dst_path=str(download_dir / "ckpt")))
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=target_uri, dst_path=str(download_dir / "ckpt")))
     except Exception as exc:  # MLflow, boto3 and HTTP clients each raise their own types
         raise UserError(f"model {uri}: cannot download ({first_line(exc)})") from None
     if not local.is_file():

@@ -28,6 +28,7 @@ from typing import Any
 from ray.train import UserCallback
 
 from pipeline.fs import filesystem_for, read_bytes, uri_join
+from pipeline.runtime import tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def start_or_resume_run(experiment: str, run_dir: str, run_name: str):
     )
     if previous:
         run = mlflow.start_run(run_id=previous[0].info.run_id)
-        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+        history = mlflow.MlflowClient(tracking_uri()).get_metric_history(run.info.run_id, "loss")
         return run, True, max((m.step for m in history), default=0)
     return mlflow.start_run(run_name=run_name, tags={RUN_TAG: run_dir}), False, 0
 
