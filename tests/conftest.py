@@ -37,6 +37,9 @@ def test_environment(tmp_path_factory):
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
+        # Ray Train gives its workers 60 s to start by default; on a loaded 2-core machine
+        # importing torch in two workers can take longer (pipeline.runtime.init_ray does the same).
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)

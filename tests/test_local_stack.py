@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from processes import free_ports, pids_mentioning
 
 from pipeline.data.toy import generate_toy_dataset
+from pipeline.records import git_commit
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "infra" / "local" / "stack.sh"
@@ -36,15 +37,13 @@ pytestmark = pytest.mark.slow
 def stack():
     """A started stack: yields (env for the stack's commands, its folder, ports)."""
     folder = Path("/tmp") / f"crn-stack-{uuid.uuid4().hex[:8]}"  # Ray's socket paths must stay short
-    ray_port, dashboard, mlflow, s3, client, agent_http, agent_grpc, runtime_env, metrics = free_ports(9)
+    ray_port, dashboard, mlflow, s3 = free_ports(4)
     env = {key: value for key, value in os.environ.items()
            if key not in ("RAY_ADDRESS", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN")}
+    # Ray's other ports (agents, client server, metrics) the script picks free itself: the
+    # session's own Ray instance holds their defaults.
     env.update(STACK_DIR=str(folder), RAY_PORT=str(ray_port), DASHBOARD_PORT=str(dashboard),
-               MLFLOW_PORT=str(mlflow), S3_PORT=str(s3), RAY_CPUS="4",
-               # The session's own Ray instance holds the agents' default ports.
-               RAY_START_ARGS=f"--ray-client-server-port {client} --dashboard-agent-listen-port {agent_http} "
-                              f"--dashboard-agent-grpc-port {agent_grpc} --runtime-env-agent-port {runtime_env} "
-                              f"--metrics-export-port {metrics}")
+               MLFLOW_PORT=str(mlflow), S3_PORT=str(s3), RAY_CPUS="4")
     ports = {"dashboard": dashboard, "mlflow": mlflow, "s3": s3}
     try:
         started = subprocess.run(["bash", str(STACK), "start"], env=env, cwd=REPO, capture_output=True,
@@ -109,7 +108,7 @@ def test_ray_job_submit_trains_and_registers_in_the_stacks_mlflow(stack, submitt
     run_name = f"submitted-{uuid.uuid4().hex[:8]}"
     trained = in_stack_shell(
         env, folder,
-        f"{RAY} job submit --working-dir . -- python jobs/train.py --store {store} --preset crn-tiny "
+        f"infra/submit.sh -- python jobs/train.py --store {store} --preset crn-tiny "
         "--num-outputs 2 --vgg-weights random --threads-per-worker 1 --batch-size 2 --steps 2 --image-every 0 "
         f"--storage-path s3://crn/checkpoints --run-name {run_name} --model-name crn-stack-test",
         timeout=600,
@@ -122,6 +121,8 @@ def test_ray_job_submit_trains_and_registers_in_the_stacks_mlflow(stack, submitt
     run = client.get_run(version.run_id)
     assert run.info.run_name == run_name and run.info.status == "FINISHED"
     assert run.data.tags["crn.registered_version"] == str(version.version)
+    # The commit comes from the submitting side (infra/submit.sh): the uploaded folder has no .git.
+    assert run.data.tags["crn.git_commit"] == git_commit() != "unknown"
 
 
 def test_the_job_server_refuses_a_client_without_the_token(stack):
@@ -131,3 +132,57 @@ def test_the_job_server_refuses_a_client_without_the_token(stack):
         f"unset RAY_AUTH_TOKEN; RAY_AUTH_TOKEN_PATH=/nonexistent/token {RAY} job list", timeout=120,
     )
     assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower(), refused.stderr[-2000:]
+
+
+def listening_sockets(pids: list[int]) -> set[str]:
+    """"address:port" of every TCP socket in LISTEN state that one of `pids` holds (Linux /proc)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+        except OSError:
+            continue  # a process that ended meanwhile
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                address, port = local.split(":")
+                found.add(f"{decode_address(address, width)}:{int(port, 16)}")
+    return found
+
+
+def decode_address(hex_address: str, width: int) -> str:
+    if width == 8:  # IPv4, little-endian
+        return ".".join(str(int(hex_address[i:i + 2], 16)) for i in (6, 4, 2, 0))
+    return "[::1]" if hex_address == "0" * 24 + "01000000" else "[::]" if set(hex_address) == {"0"} else "[v6]"
+
+
+def test_every_service_listens_on_loopback_only(stack):
+    _, folder, _ = stack
+    sockets = listening_sockets(pids_mentioning(str(folder)))
+    assert sockets, "found no listening socket of the stack's processes"
+    exposed = sorted(s for s in sockets if not s.startswith(("127.0.0.1:", "[::1]:")))
+    assert not exposed, f"listening beyond loopback: {exposed} (all: {sorted(sockets)})"
+
+
+def test_a_restart_keeps_registered_models_loadable(stack, tmp_path):
+    """Stop and start again (runs last here): the registry's versions still download."""
+    env, folder, ports = stack
+    client = MlflowClient(f"http://127.0.0.1:{ports['mlflow']}")
+    version = client.get_model_version_by_alias("crn-stack-test", "candidate")
+    stopped = subprocess.run(["bash", str(STACK), "stop"], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert stopped.returncode == 0 and "lost: the S3 bucket's objects" in stopped.stdout, stopped.stdout
+    started = subprocess.run(["bash", str(STACK), "start"], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    downloaded = in_stack_shell(env, folder, f"{REPO / '.venv' / 'bin' / 'python'} -c \"import mlflow; print("
+                                f"mlflow.artifacts.download_artifacts('models:/crn-stack-test/{version.version}', "
+                                f"dst_path='{tmp_path}'))\"")
+    assert downloaded.returncode == 0, downloaded.stderr[-2000:]
+    assert (tmp_path / "artifacts" / "crn_checkpoint.pt").stat().st_size > 0

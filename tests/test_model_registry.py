@@ -16,8 +16,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from PIL import Image
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from synth_models import TEST_NUM_OUTPUTS, make_test_checkpoint, reference_images
 
 from crn.inference import generate_images

@@ -8,17 +8,17 @@ import json
 import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from PIL import Image
+from store_reference import read_store_plainly
 
 from jobs.preprocess import main
+from pipeline.data.store import StoreError, open_store
 from pipeline.runtime import entrypoint
 
 run = entrypoint(main)  # what the command line runs: user errors become exit code 2
-from store_reference import read_store_plainly
-
-from pipeline.data.store import StoreError, open_store
 
 RESOLUTIONS = "4x8,8x16,16x32,32x64,64x128"  # the toy_store fixture's
 SAME_AS_TOY_STORE = ["--resolutions", RESOLUTIONS]
@@ -186,3 +186,18 @@ def test_rerun_over_broken_leftovers_rewrites_them(toy_source, toy_store, tmp_pa
     assert good.stat().st_ino == inode
     assert _parts(out) == _parts(toy_store)
     assert sorted(p.name for p in (data_dir / "train").iterdir()) == ["part-00000.parquet"]
+
+
+def test_preprocessing_is_one_mlflow_run(toy_source, tmp_path, ray_session):
+    """Every job is one MLflow run: the config, the counts, the manifest, the store's key."""
+    out = tmp_path / "store"
+    assert main(["--source", str(toy_source), "--out", str(out), *SAME_AS_TOY_STORE, "--experiment", "test-prep"]) == 0
+    (record,) = mlflow.search_runs(experiment_names=["test-prep"], output_format="list")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert record.data.params["source"] == str(toy_source)
+    assert record.data.params["resolutions"] == str(RESOLUTIONS.split(","))
+    assert record.data.metrics["samples_train"] == 8 and record.data.metrics["samples_val"] == 4
+    assert record.data.metrics["rejects"] == 0
+    assert record.data.tags["crn.store_key"] == manifest["key"] and record.data.tags["crn.store"] == str(out)
+    logged = mlflow.artifacts.load_dict(f"runs:/{record.info.run_id}/manifest.json")
+    assert logged == manifest

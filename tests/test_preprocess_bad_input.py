@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from store_reference import cityscapes_files, expected_sample, read_store_plainly
 
 from jobs.preprocess import main
+from pipeline.data.store import open_store
+from pipeline.data.toy import generate_toy_dataset
 from pipeline.runtime import entrypoint
 
 run = entrypoint(main)  # what the command line runs: user errors become exit code 2
-from store_reference import cityscapes_files, expected_sample, read_store_plainly
-
-from pipeline.data.store import open_store
-from pipeline.data.toy import generate_toy_dataset
 
 RESOLUTIONS = "16x32,64x128"
 

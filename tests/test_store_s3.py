@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.preprocess import main
+from pipeline.data.store import StoreError, open_store
 from pipeline.runtime import entrypoint
 
 run = entrypoint(main)  # what the command line runs: user errors become exit code 2
-from pipeline.data.store import StoreError, open_store
 
 BUCKET = "test-bucket"
 RESOLUTIONS = "4x8,8x16,16x32,32x64,64x128"  # the toy_store fixture's

@@ -180,7 +180,13 @@ def test_registry_model_by_alias_with_output_to_s3(checkpoint, store, reference_
     # A bare registered name means its champion.
     outcome = synth("--model", "crn-synth-test", "--store", store, "--output", uri, "--seed", "7")
     assert outcome.num_written == NUM_SAMPLES * TEST_NUM_OUTPUTS
-    assert MlflowClient().get_run(outcome.run_id).data.tags["crn.model_version"] == version
+    run = MlflowClient().get_run(outcome.run_id)
+    assert run.data.tags["crn.model_version"] == version
+    # The run and the version it used find each other.
+    model_version = MlflowClient().get_model_version("crn-synth-test", version)
+    assert run.data.tags["crn.model_name"] == "crn-synth-test"
+    assert model_version.tags["crn.last_used_by_run"] == outcome.run_id
+    assert run.info.run_name and "models:/crn-synth-test@champion (version 1)" in run.data.tags["mlflow.note.content"]
 
     fs, root = filesystem_for(uri)
     found = {}

@@ -32,6 +32,7 @@ from crn.vgg import VGG19Features
 from jobs.train import main as train_main
 from pipeline.data.schema import load_schema
 from pipeline.data.store import decode_labels, decode_photos, label_column, open_store, photo_column
+from pipeline.records import git_commit
 from pipeline.registry.models import load_model
 from pipeline.runtime import entrypoint
 from pipeline.training import job as train
@@ -126,6 +127,8 @@ def test_two_workers_make_the_update_of_one_step_on_the_combined_batch(toy_store
     outcome = fit(tiny_argv(toy_store, unique("ddp"), "--num-workers", "2", "--batch-size", "4", "--steps", "1"))
     ddp = checkpoint_of(outcome)
     assert ddp["step"] == 1
+    # --steps 1 runs one epoch of the recipe's 200, and the run says so.
+    assert MlflowClient().get_run(outcome.run_id).data.params["epochs"] == "1"
 
     table = open_store(toy_store).read_table("train", "32x64")
     labels = torch.from_numpy(decode_labels(table.column(label_column("32x64")), "32x64").copy()).long()
@@ -262,6 +265,15 @@ def test_mlflow_holds_config_metrics_images_and_the_registered_candidate(short_r
     assert run.data.params["model.widths"] == "[64, 64, 64, 64]"
     assert run.data.tags["crn.vgg_weights"] == "random"
     assert {"loss", "layer0", "layer5", "steps_per_s", "samples_per_s"} <= set(run.data.metrics)
+    # The records a user of MLflow expects: a description, the code's commit, the machine's
+    # load, the store as the dataset input (by its fingerprint), and the epochs that ran.
+    assert "crn-tiny (32x64, K=2) on " in run.data.tags["mlflow.note.content"]
+    assert run.data.tags["crn.git_commit"] == git_commit() != "unknown"
+    assert any(name.startswith("system/") for name in run.data.metrics), sorted(run.data.metrics)
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == open_store(toy_store).manifest["key"][:20]
+    assert dataset_input.dataset.source_type == "local" and str(toy_store) in dataset_input.dataset.source
+    assert run.data.params["epochs"] == "3"
     images = sorted(a.path for a in client.list_artifacts(short_run.run_id, "images"))
     assert images == [f"images/step_{s:08d}.png" for s in (4, 8, 12)]
 
@@ -269,6 +281,12 @@ def test_mlflow_holds_config_metrics_images_and_the_registered_candidate(short_r
     dataset = Path(open_store(toy_store).manifest["source"]["uri"]).name  # the toy source's folder
     assert name == f"crn-{dataset}-32x64"
     assert str(client.get_model_version_by_alias(name, "candidate").version) == short_run.model_version
+    assert "label maps of 32x64" in client.get_registered_model(name).description
+    assert "step 12, epoch 3" in client.get_model_version(name, short_run.model_version).description
+    logged = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{short_run.model_version}"))
+    requirements = (logged / "requirements.txt").read_text()
+    assert all(f"{package}==" in requirements for package in ("torch", "numpy", "mlflow", "cloudpickle"))
+    assert (logged / "input_example.json").is_file() or (logged / "serving_input_example.json").is_file()
     registered = load_model(f"models:/{name}@candidate")
     direct = model_from_checkpoint(checkpoint_of(short_run))
     labels = torch.from_numpy(np.random.default_rng(3).integers(0, NUM_CLASSES, (2, 32, 64))).long()

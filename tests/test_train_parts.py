@@ -30,7 +30,7 @@ from pipeline.training.config import TrainConfig, resolve
 from pipeline.training.config import parse_train_config as config_from_argv
 from pipeline.training.loop import epoch_seed, train_step
 from pipeline.training.recipe import recipe_for, recipe_table
-from pipeline.training.tracking import average_over_ranks
+from pipeline.training.tracking import average_over_ranks, progress_line
 from pipeline.visualize import colorize, image_grid, schema_palette
 
 L = 20
@@ -236,3 +236,10 @@ def test_ray_train_report_log_is_quieted():
     logger.setLevel(logging.INFO)  # as on a Ray worker, whose logging is set up at INFO
     quiet_report_log()
     assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+
+
+def test_the_progress_line_says_step_loss_pace_and_time_left():
+    assert progress_line(40, 300, 2, 182.64, 0.85) == "step 40/300 (epoch 2) loss 182.6, 0.85 steps/s, 5 min 6 s left"
+    assert progress_line(10, 100000, 0, 1.0, 2.0) == "step 10/100000 (epoch 0) loss 1, 2.00 steps/s, 13 h 53 min left"
+    assert progress_line(300, 300, 5, 0.5, 1.0).endswith("0 s left")
+    assert progress_line(1, 10, 0, 3.0, None) == "step 1/10 (epoch 0) loss 3"

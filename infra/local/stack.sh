@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real services on one machine, all on 127.0.0.1: a Ray head (with the job server),
-# an MLflow tracking server (SQLite backend, artifacts proxied to S3), and an S3 endpoint
-# (moto's server mode, standing in for any S3-compatible store).
+# an MLflow tracking server (SQLite backend, artifacts proxied into the stack's folder beside
+# it), and an S3 endpoint (moto's server mode, standing in for any S3-compatible store).
 #
 #   infra/local/stack.sh start     # start all three, write work/stack/env.sh
 #   source work/stack/env.sh       # point ray job submit, MLflow and S3 clients at them
@@ -9,8 +9,16 @@
 #   infra/local/stack.sh status
 #   infra/local/stack.sh stop
 #
-# Ports and folders can be changed through the environment (defaults below). Nothing
-# listens beyond 127.0.0.1. Ray 2.60 runs clusters with token authentication: the token is
+# Ports and folders can be changed through the environment (defaults below): STACK_DIR (the
+# stack's folder, default work/stack), RAY_PORT, DASHBOARD_PORT, MLFLOW_PORT, S3_PORT, and
+# RAY_START_ARGS for other `ray start` options. Ray's other ports (client server, dashboard
+# agent, runtime-env agent, metrics exporter) are picked free at start, so another Ray
+# instance on the machine cannot make job submission fail. Every service is told to listen
+# on 127.0.0.1 (README: "What listens").
+#
+# What survives a stop: the MLflow database and its artifacts (both in the stack's folder),
+# so registered models stay loadable. What does not: moto keeps S3 objects in memory, so
+# the bucket is empty after a restart; `stop` says so. Ray 2.60 runs clusters with token authentication: the token is
 # made once, kept in work/stack/ray-token (readable by you alone) and exported by env.sh,
 # which is what `ray job submit` and the jobs' drivers read.
 set -euo pipefail
@@ -49,9 +57,24 @@ ray_jobs_answer() {  # the job server accepts our token (clients need the mode s
     "$VENV_BIN/ray" job list --address "http://127.0.0.1:$DASHBOARD_PORT"
 }
 
-wait_for() {  # wait_for <what> <command...>: retry for up to 60 s
+free_ports() {  # free_ports N: N loopback ports free right now
+  "$VENV_BIN/python" - "$1" <<'PY'
+import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in sockets))
+PY
+}
+
+ray_jobs_run() {  # a job goes through the path every submit takes (job server -> agent -> driver)
+  RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(ray_token)" "$VENV_BIN/ray" job submit \
+    --address "http://127.0.0.1:$DASHBOARD_PORT" -- python -c "print('stack ready')"
+}
+
+wait_for() {  # wait_for <what> <command...>: retry for up to STACK_WAIT seconds (a loaded machine is slow)
   local what="$1"; shift
-  for _ in $(seq 1 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  for _ in $(seq 1 $(( ${STACK_WAIT:-300} * 2 ))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
   echo "error: $what did not come up (logs in $STATE)" >&2; return 1
 }
 
@@ -68,20 +91,26 @@ if sys.argv[2] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
     s3.create_bucket(Bucket=sys.argv[2])
 PY
 
-  echo "MLflow on http://127.0.0.1:$MLFLOW_PORT (artifacts in s3://$BUCKET/mlflow)"
-  MLFLOW_S3_ENDPOINT_URL="$S3_ENDPOINT" nohup "$VENV_BIN/mlflow" server \
+  # The artifacts live beside the database: a restart keeps both, so no registered version
+  # points at artifacts that are gone (moto's S3 would forget them).
+  echo "MLflow on http://127.0.0.1:$MLFLOW_PORT (artifacts in $STATE/mlartifacts)"
+  nohup "$VENV_BIN/mlflow" server \
     --host 127.0.0.1 --port "$MLFLOW_PORT" \
     --backend-store-uri "sqlite:///$STATE/mlflow.db" \
-    --artifacts-destination "s3://$BUCKET/mlflow" >"$STATE/mlflow.log" 2>&1 &
+    --artifacts-destination "$STATE/mlartifacts" >"$STATE/mlflow.log" 2>&1 &
   echo $! >"$STATE/mlflow.pid"
   wait_for "MLflow" curl -sf "http://127.0.0.1:$MLFLOW_PORT/health"
 
   echo "Ray head on 127.0.0.1:$RAY_PORT, job server on http://127.0.0.1:$DASHBOARD_PORT"
+  read -r client_port agent_http agent_grpc runtime_env_port metrics_port <<<"$(free_ports 5)"
   # Jobs and workers inherit this environment: they find MLflow and S3 without flags.
   RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(ray_token)" \
   MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" AWS_ENDPOINT_URL="$S3_ENDPOINT" \
     nohup "$VENV_BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
     --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
+    --ray-client-server-port "$client_port" --dashboard-agent-listen-port "$agent_http" \
+    --dashboard-agent-grpc-port "$agent_grpc" --runtime-env-agent-port "$runtime_env_port" \
+    --metrics-export-port "$metrics_port" \
     --num-cpus "$RAY_CPUS" --temp-dir "$STATE/ray" --disable-usage-stats $RAY_START_ARGS >"$STATE/ray.log" 2>&1 &
   # --block keeps one process that owns this head's processes: stopping it stops exactly
   # them (a plain `ray stop` would end every Ray instance on the machine, tests' included).
@@ -90,6 +119,9 @@ PY
   wait_for "Ray job server" curl -s -o /dev/null "http://127.0.0.1:$DASHBOARD_PORT/api/version"
   ray_jobs_answer >"$STATE/ray-check.log" 2>&1 \
     || { echo "error: the Ray job server refuses our token (see $STATE/ray-check.log)" >&2; return 1; }
+  # "Ready" means a job runs: the job server alone can answer while its agent cannot start.
+  ray_jobs_run >"$STATE/ray-check.log" 2>&1 \
+    || { echo "error: the Ray head takes no job (see $STATE/ray-check.log and $STATE/ray.log)" >&2; return 1; }
 
   cat >"$STATE/env.sh" <<ENV
 # Written by infra/local/stack.sh: source it to use the local stack.
@@ -115,7 +147,8 @@ stop() {
       rm -f "$STATE/$svc.pid"
     fi
   done
-  echo "stopped"
+  echo "stopped; kept in $STATE: the MLflow database and artifacts, the Ray token"
+  echo "lost: the S3 bucket's objects (moto keeps them in memory: s3://$BUCKET is empty after the next start)"
 }
 
 status() {

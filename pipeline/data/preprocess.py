@@ -31,6 +31,7 @@ from pipeline.data.store import STORE_FORMAT, StoreError, check_destination, rea
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for, join, uri_join
 from pipeline.options import at_least, from_argv, one_of, option, to_dict
+from pipeline.records import start_job_run
 from pipeline.runtime import init_ray
 
 DEFAULT_RESOLUTIONS = "64x128,128x256,256x512"
@@ -58,6 +59,7 @@ class PreprocessConfig:
                                          "rejecting them")
     rows_per_file: int = option(0, "samples per Parquet part; 0 = about 32 MiB of raw pixels per part",
                                 check=at_least(0))
+    experiment: str = option("crn-preprocess", "MLflow experiment name")
     dry_run: bool = option(False, "print the resolved config and exit")
 
     def resolved(self) -> "PreprocessConfig":
@@ -88,8 +90,24 @@ def parse_preprocess_config(argv: Sequence[str] | None) -> PreprocessConfig:
 
 
 def run(config: PreprocessConfig) -> dict:
-    """The whole job for a resolved config; returns the store's manifest."""
+    """The whole job for a resolved config, as one MLflow run; returns the store's manifest."""
+    import mlflow
+
     schema = load_schema(config.schema)
+    description = f"{config.source} ({config.format}) -> {config.out} at {', '.join(map(str, config.resolutions))}"
+    with start_job_run(config.experiment, description=description, tags={"crn.store": config.out}):
+        mlflow.log_params(to_dict(config))
+        started = time.perf_counter()
+        manifest = build_store(config, schema)
+        counts = {f"samples_{name}": split["count"] for name, split in manifest["splits"].items()}
+        mlflow.log_metrics({**counts, "rejects": len(manifest["rejects"]), "seconds": time.perf_counter() - started})
+        mlflow.set_tags({"crn.store_key": manifest["key"], "crn.source_fingerprint": manifest["source"]["fingerprint"]})
+        mlflow.log_dict(manifest, "manifest.json")
+    return manifest
+
+
+def build_store(config: PreprocessConfig, schema) -> dict:
+    """Scan, prepare and write the store (or find it up to date); returns its manifest."""
     started = time.perf_counter()
 
     scan = scan_source(config.source, config.format, config.label_type, config.splits or None)

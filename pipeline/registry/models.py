@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +68,21 @@ class ResolvedCheckpoint:
     uri: str
     version: str | None
     download_dir: Path | None = None
+    name: str | None = None  # the registered model's name, for registry URIs
 
     def cleanup(self) -> None:
         if self.download_dir is not None:
             shutil.rmtree(self.download_dir, ignore_errors=True)
 
 
-def log_and_register(checkpoint_path: str | os.PathLike, model_name: str, alias: str = "candidate") -> str:
+def log_and_register(checkpoint_path: str | os.PathLike, model_name: str, alias: str = "candidate",
+                     description: str = "") -> str:
     """Log the checkpoint as an MLflow model in the active run, register it, set `alias`.
 
     Returns the new registered version (a string, as MLflow shows it). The model carries a
-    tensor signature (uint8 [-1,H,W] -> uint8 [-1,K,H,W,3]) read from the checkpoint's config.
+    tensor signature (uint8 [-1,H,W] -> uint8 [-1,K,H,W,3]) read from the checkpoint's config,
+    an input example (one all-void label map), its complete requirements, and descriptions:
+    `description` on the version, and what the model is on the registered model.
     """
     import mlflow
     from mlflow.models import ModelSignature
@@ -101,26 +104,40 @@ def log_and_register(checkpoint_path: str | os.PathLike, model_name: str, alias:
             # A fixed artifact name lets load_model find the file without guessing.
             staged = Path(staging) / CHECKPOINT_ARTIFACT
             shutil.copyfile(resolved.path, staged)
-            with warnings.catch_warnings():
-                # The tensor signature above says all an input example would.
-                warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=CRNPythonModel(),
-                    artifacts={CHECKPOINT_KEY: str(staged)},
-                    # The wrapper's code travels with the model, so it loads outside this repo too.
-                    code_paths=[str(REPO_ROOT / "crn"), str(REPO_ROOT / "pipeline")],
-                    # Listed explicitly: inferring them would load the model in a subprocess.
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"],
-                    signature=signature,
-                    registered_model_name=model_name,
-                    tags={"crn.schema": ckpt.get("label_schema", {}).get("name", "")},
-                )
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=CRNPythonModel(),
+                artifacts={CHECKPOINT_KEY: str(staged)},
+                # The wrapper's code travels with the model, so it loads outside this repo too.
+                code_paths=[str(REPO_ROOT / "crn"), str(REPO_ROOT / "pipeline")],
+                # Listed explicitly: inferring them would load the model in a subprocess.
+                pip_requirements=pyfunc_requirements(),
+                signature=signature,
+                input_example=np.full((1, height, width), config.num_classes - 1, np.uint8),
+                registered_model_name=model_name,
+                tags={"crn.schema": ckpt.get("label_schema", {}).get("name", "")},
+            )
     finally:
         resolved.cleanup()
     version = str(info.registered_model_version)
-    MlflowClient().set_registered_model_alias(model_name, alias, version)
+    client = MlflowClient()
+    client.set_registered_model_alias(model_name, alias, version)
+    schema_name = ckpt.get("label_schema", {}).get("name", "")
+    client.update_registered_model(model_name, description=(
+        f"Cascaded Refinement Network: {schema_name} label maps of {height}x{width} (uint8 class indices) in, "
+        f"{config.num_outputs} photograph(s) per map out (uint8 RGB)."))
+    client.update_model_version(model_name, version, description=description or (
+        f"step {ckpt.get('step')}, epoch {ckpt.get('epoch')}, from run {mlflow.active_run().info.run_id}"))
     return version
+
+
+def pyfunc_requirements() -> list[str]:
+    """What loading and calling the logged model needs, pinned to the versions it was made with."""
+    import cloudpickle
+    import mlflow
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}",
+            f"cloudpickle=={cloudpickle.__version__}"]
 
 
 def resolve_checkpoint(uri_or_path: str) -> ResolvedCheckpoint:
@@ -148,7 +165,9 @@ def resolve_checkpoint(uri_or_path: str) -> ResolvedCheckpoint:
     except Exception:
         shutil.rmtree(download_dir, ignore_errors=True)
         raise
-    return ResolvedCheckpoint(path=checkpoint, uri=uri_or_path, version=str(version) if version else None, download_dir=download_dir)
+    name = match["name"] if match else None
+    return ResolvedCheckpoint(path=checkpoint, uri=uri_or_path, version=str(version) if version else None,
+                              download_dir=download_dir, name=name)
 
 
 def _download_s3_checkpoint(uri: str) -> ResolvedCheckpoint:

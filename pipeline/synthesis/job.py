@@ -32,7 +32,8 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for, join, read_bytes, write_bytes_atomically
-from pipeline.runtime import init_ray, setup_mlflow
+from pipeline.records import log_model_input, start_job_run
+from pipeline.runtime import init_ray
 from pipeline.synthesis.actor import SynthesisActor
 from pipeline.synthesis.config import SynthesizeConfig
 from pipeline.synthesis.gallery import GallerySample, gallery_html
@@ -218,9 +219,11 @@ def run(config: SynthesizeConfig) -> SynthesisOutcome:
 
     import mlflow
 
-    setup_mlflow(config.experiment)
-    with mlflow.start_run(run_name=config.run_name or None) as active:
+    description = (f"{plan.identity.model_uri} (version {plan.identity.model_version or '-'}) on "
+                   f"{plan.input.description} -> {config.output}")
+    with start_job_run(config.experiment, description=description, run_name=config.run_name or None) as active:
         mlflow.log_params(plan.describe())
+        log_model_input(plan.model_name, plan.identity.model_version)
         mlflow.set_tags({
             "crn.model_uri": plan.identity.model_uri,
             "crn.model_version": plan.identity.model_version or "",

@@ -32,6 +32,7 @@ class SynthesisPlan:
     schema: LabelSchema
     identity: OutputIdentity
     input: SynthesisInput
+    model_name: str | None = None  # the registered model's name when the model came from the registry
 
     def describe(self) -> dict[str, Any]:
         """The resolved configuration: printed by --dry-run and logged as MLflow params."""
@@ -92,4 +93,4 @@ def make_plan(config: SynthesizeConfig) -> SynthesisPlan:
         threads_per_actor=0 if config.use_gpu else config.threads_per_actor,
         torch_version=torch.__version__,
     )
-    return SynthesisPlan(config, checkpoint_bytes, model_config, model_schema, identity, source)
+    return SynthesisPlan(config, checkpoint_bytes, model_config, model_schema, identity, source, resolved.name)

@@ -26,7 +26,8 @@ from typing import Any, Callable
 from pipeline.data.store import open_store
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for, is_s3
-from pipeline.runtime import init_ray, setup_mlflow, tracking_uri
+from pipeline.records import log_store_input
+from pipeline.runtime import init_ray, tracking_uri
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import CHECKPOINT_FILE, train_loop_per_worker
 from pipeline.training.plan import TRAIN_SPLIT, TrainPlan, make_plan
@@ -73,10 +74,9 @@ def cache_training_data(plan: TrainPlan) -> bool:
 
     config = plan.config
     if config.cache_data == "auto":
-        epochs = config.epochs if not config.steps else min(config.epochs, -(-config.steps // plan.steps_per_epoch))
         height, width = plan.model_config.top_resolution
         data_bytes = plan.train_samples * height * width * 4  # uint8 label + RGB photo
-        cache = epochs > 1 and data_bytes <= ray.cluster_resources().get("object_store_memory", 0) / 4
+        cache = config.epochs > 1 and data_bytes <= ray.cluster_resources().get("object_store_memory", 0) / 4
     else:
         cache = config.cache_data == "yes"
     mlflow.set_tag("crn.data_cached", str(cache))
@@ -109,6 +109,8 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int, train_loop: Callable[[d
         train_data = train_data.materialize()
     # Earlier-stage weights go through the object store once, not into every worker's config.
     init_ref = ray.put(plan.init_weights) if plan.init_weights else None
+    print(f"training: starting {config.num_workers} worker(s); a progress line every {config.log_every} steps "
+          f"of {plan.total_steps}", flush=True)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=plan.for_workers(init_ref).to_dict(),
@@ -123,7 +125,7 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int, train_loop: Callable[[d
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-            callbacks=[MLflowReports(tracking_uri(), run_id, plan.run_dir, logged_up_to)],
+            callbacks=[MLflowReports(tracking_uri(), run_id, plan.run_dir, logged_up_to, plan.total_steps)],
         ),
         datasets={TRAIN_SPLIT: train_data},
         dataset_config=DataConfig(execution_options=ingest),
@@ -146,10 +148,15 @@ def run(config: TrainConfig, train_loop: Callable[[dict], dict] = train_loop_per
     from pipeline.registry.models import log_and_register
     from pipeline.training.tracking import log_params, start_or_resume_run
 
-    setup_mlflow(plan.config.experiment)
-    active, resumed, logged_up_to = start_or_resume_run(plan.config.experiment, plan.run_dir, plan.config.run_name)
+    description = (f"{plan.config.preset} ({plan.config.resolution}, K={plan.model_config.num_outputs}) on "
+                   f"{plan.dataset} ({plan.config.store}), {plan.config.epochs} epoch(s) of {plan.steps_per_epoch} "
+                   f"step(s) per worker, {plan.config.num_workers} worker(s)")
+    active, resumed, logged_up_to = start_or_resume_run(plan.config.experiment, plan.run_dir, plan.config.run_name,
+                                                        description)
     with active:
         log_params(plan.describe(), resumed)
+        if not resumed:
+            log_store_input(plan.config.store, open_store(plan.config.store), TRAIN_SPLIT)
         mlflow.set_tags({"crn.vgg_weights": plan.vgg_source.split(":")[0], "crn.dataset": plan.dataset,
                          "crn.preset": plan.config.preset})
         result = fit(plan, active.info.run_id, logged_up_to, train_loop)

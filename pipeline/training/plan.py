@@ -66,6 +66,12 @@ class TrainPlan:
             **{f"recipe.{key}": value for key, value in self.recipe.describe().items()},
         }
 
+    @property
+    def total_steps(self) -> int:
+        """Where the run stops: --steps, or the epochs' steps, whichever comes first."""
+        by_epochs = self.config.epochs * self.steps_per_epoch
+        return min(self.config.steps, by_epochs) if self.config.steps else by_epochs
+
     def for_workers(self, init_weights_ref: Any = None) -> WorkerPlan:
         """What each Ray Train worker needs; the earlier stage's tensors go by object-store reference."""
         return WorkerPlan(config=self.config, model_config=self.model_config, label_schema=self.label_schema,
@@ -112,6 +118,8 @@ def make_plan(config: TrainConfig) -> TrainPlan:
         check_schema_match(schema.to_dict(), earlier.checkpoint["label_schema"],
                            f"store {config.store} vs --init-from {config.init_from}")
         init_weights = stages.earlier_stage_weights(earlier.model.state_dict(), model_config, config.init_from)
+    if config.steps:  # the epochs that actually run, not the recipe's, are what the run records
+        config = dataclasses.replace(config, epochs=min(config.epochs, -(-config.steps // steps_per_epoch)))
     dataset = dataset_name(store)
     if config.model_name == "auto":
         config = dataclasses.replace(config, model_name=f"crn-{dataset}-{top}")

@@ -28,7 +28,8 @@ from typing import Any
 from ray.train import UserCallback
 
 from pipeline.fs import filesystem_for, read_bytes, uri_join
-from pipeline.runtime import tracking_uri
+from pipeline.records import start_job_run
+from pipeline.runtime import setup_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
 class MLflowReports(UserCallback):
     """Logs the workers' reports into an existing MLflow run (see the module docstring)."""
 
-    def __init__(self, tracking_uri: str, run_id: str, run_dir: str, logged_up_to: int):
+    def __init__(self, tracking_uri: str, run_id: str, run_dir: str, logged_up_to: int, total_steps: int):
         self.tracking_uri = tracking_uri
+        self.total_steps = total_steps  # for the progress line: where the run will stop
         self.run_id = run_id
         self.run_dir = run_dir
         self.logged_up_to = logged_up_to  # last step already in the run (an earlier attempt's)
@@ -56,6 +58,11 @@ class MLflowReports(UserCallback):
         return self._client
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        rank0 = metrics[0]
+        losses = [record["loss"] for record in rank0.get("history", [])]
+        if losses:  # the console's progress: this runs in the Train controller, whose output Ray shows
+            print(progress_line(rank0["step"], self.total_steps, rank0.get("epoch", 0), sum(losses) / len(losses),
+                                rank0.get("steps_per_s")), flush=True)
         try:
             self.log_report(metrics)
         except Exception as exc:  # a tracking hiccup must not stop days of training
@@ -95,6 +102,18 @@ class MLflowReports(UserCallback):
             logger.warning("MLflow: cannot record worker failure %d: %s", self.worker_failures, exc)
 
 
+def progress_line(step: int, total_steps: int, epoch: int, loss: float, steps_per_s: float | None) -> str:
+    """"step 40/300 (epoch 2) loss 182.6, 0.85 steps/s, 5 min 6 s left": one line per report."""
+    line = f"step {step}/{total_steps} (epoch {epoch}) loss {loss:.4g}"
+    if steps_per_s:
+        left = max(total_steps - step, 0) / steps_per_s
+        minutes, seconds = divmod(round(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        eta = f"{hours} h {minutes} min" if hours else f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+        line += f", {steps_per_s:.2f} steps/s, {eta} left"
+    return line
+
+
 def average_over_ranks(metrics: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
     """{step: {name: mean over ranks}} from each rank's `history` of per-step records."""
     sums: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -109,13 +128,14 @@ def average_over_ranks(metrics: list[dict[str, Any]]) -> dict[int, dict[str, flo
     return {step: {key: total / counts[step] for key, total in values.items()} for step, values in sums.items()}
 
 
-def start_or_resume_run(experiment: str, run_dir: str, run_name: str):
+def start_or_resume_run(experiment: str, run_dir: str, run_name: str, description: str):
     """The MLflow run of this Ray Train run: the earlier attempt's if there is one, else new.
 
     Returns (active run, resumed, last logged step).
     """
     import mlflow
 
+    setup_mlflow(experiment)
     previous = mlflow.search_runs(
         experiment_names=[experiment],
         filter_string=f"tags.`{RUN_TAG}` = '{run_dir}'",
@@ -124,10 +144,11 @@ def start_or_resume_run(experiment: str, run_dir: str, run_name: str):
         output_format="list",
     )
     if previous:
-        run = mlflow.start_run(run_id=previous[0].info.run_id)
-        history = mlflow.MlflowClient(tracking_uri()).get_metric_history(run.info.run_id, "loss")
+        run = start_job_run(experiment, description=description, run_id=previous[0].info.run_id)
+        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
         return run, True, max((m.step for m in history), default=0)
-    return mlflow.start_run(run_name=run_name, tags={RUN_TAG: run_dir}), False, 0
+    run = start_job_run(experiment, description=description, run_name=run_name, tags={RUN_TAG: run_dir})
+    return run, False, 0
 
 
 def log_params(params: dict[str, Any], resumed: bool) -> None:
