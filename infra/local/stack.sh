@@ -37,6 +37,11 @@ RAY_START_ARGS="${RAY_START_ARGS:-}"
 RAY_CPUS="${RAY_CPUS:-$(( $(nproc) * 2 > 4 ? $(nproc) * 2 : 4 ))}"
 
 export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+# Ray turns a node address of 127.0.0.1 into the host's address (so that other nodes could
+# join) and binds its GCS, raylet and agents there, the metrics exporter on every interface.
+# This stack is one machine: this switch (meant for laptops) keeps the node on loopback, so
+# every server of the head listens on 127.0.0.1. No second node can join such a head.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # Job entrypoints (`-- python jobs/train.py`) run with the head's PATH: make `python` the venv's.
 export PATH="$VENV_BIN:$PATH"
 # moto accepts any credentials; a real endpoint takes them from the usual AWS chain.
@@ -132,6 +137,11 @@ export AWS_ENDPOINT_URL=$S3_ENDPOINT
 export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 export AWS_DEFAULT_REGION=$AWS_DEFAULT_REGION
 export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+# Ray turns a node address of 127.0.0.1 into the host's address (so that other nodes could
+# join) and binds its GCS, raylet and agents there, the metrics exporter on every interface.
+# This stack is one machine: this switch (meant for laptops) keeps the node on loopback, so
+# every server of the head listens on 127.0.0.1. No second node can join such a head.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 ENV
   echo "ready: source $STATE/env.sh"
 }
