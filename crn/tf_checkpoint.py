@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 import struct
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -62,28 +63,39 @@ def checkpoint_prefix(path: str | Path) -> Path:
     return path
 
 
-def read_tf_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint at `path` (see `checkpoint_prefix`), by variable name."""
+def read_tf_checkpoint(path: str | Path, wanted: Callable[[str], bool] = lambda name: True) -> dict[str, np.ndarray]:
+    """The tensors of the checkpoint at `path` (see `checkpoint_prefix`) by variable name, those
+    that `wanted(name)` accepts (the others' bytes are not read: optimizer slots, say)."""
     prefix = checkpoint_prefix(path)
-    index_path = Path(f"{prefix}.index")
-    if not index_path.is_file():
-        raise TFCheckpointError(f"TF checkpoint {prefix}: no index file {index_path}")
-    try:
-        entries = _read_table(index_path)
-        header = _fields(entries.pop(b"", b""))
-        parsed = {key.decode("utf-8", errors="replace"): _fields(value) for key, value in entries.items()}
-    except (IndexError, struct.error):  # a varint or field running past its bytes
-        raise TFCheckpointError(f"TF checkpoint index {index_path} is corrupt (a record runs past its end)") from None
+    header, entries = _read_index(prefix)
     num_shards = _one(header, 1, 1)
     if _one(header, 2, 0) != 0:
-        raise TFCheckpointError(f"TF checkpoint {index_path}: a big-endian bundle is not supported")
+        raise TFCheckpointError(f"TF checkpoint {prefix}.index: a big-endian bundle is not supported")
     shards = []
     for shard in range(num_shards):
         data_path = Path(f"{prefix}.data-{shard:05d}-of-{num_shards:05d}")
         if not data_path.is_file():
             raise TFCheckpointError(f"TF checkpoint {prefix}: data file {data_path.name} is missing")
         shards.append(data_path)
-    return {name: _read_tensor(name, entry, shards) for name, entry in parsed.items()}
+    return {name: _read_tensor(name, entry, shards) for name, entry in entries.items() if wanted(name)}
+
+
+def tf_checkpoint_names(path: str | Path) -> list[str]:
+    """Every variable name in the checkpoint's index, sorted (no tensor is read)."""
+    return sorted(_read_index(checkpoint_prefix(path))[1])
+
+
+def _read_index(prefix: Path) -> tuple[dict[int, list], dict[str, dict[int, list]]]:
+    """(BundleHeaderProto fields, {tensor name: BundleEntryProto fields}) of `<prefix>.index`."""
+    index_path = Path(f"{prefix}.index")
+    if not index_path.is_file():
+        raise TFCheckpointError(f"TF checkpoint {prefix}: no index file {index_path}")
+    try:
+        entries = _read_table(index_path)
+        header = _fields(entries.pop(b"", b""))
+        return header, {key.decode("utf-8", errors="replace"): _fields(value) for key, value in entries.items()}
+    except (IndexError, struct.error):  # a varint or field running past its bytes
+        raise TFCheckpointError(f"TF checkpoint index {index_path} is corrupt (a record runs past its end)") from None
 
 
 def _read_tensor(name: str, entry: dict[int, list], shards: list[Path]) -> np.ndarray:

@@ -21,7 +21,7 @@ from crn.authors import AuthorsCheckpointError, authors_state_dict, config_from_
 from crn.checkpoint import load_checkpoint, model_from_checkpoint
 from crn.labels import one_hot
 from crn.presets import make_config
-from crn.tf_checkpoint import read_tf_checkpoint
+from crn.tf_checkpoint import read_tf_checkpoint, tf_checkpoint_names
 from jobs.import_weights import main
 from pipeline.data.schema import cityscapes_schema
 from pipeline.registry.import_weights import matching_preset
@@ -54,6 +54,9 @@ def test_the_reader_finds_every_tensor_tensorflow_saved():
     assert tensors["g_8_conv1/weights"].shape == (3, 3, 8 + 20, 6)  # [h, w, upsampled 8 + labels 20, out]
     assert tensors["g_16_conv100/biases"].shape == (6,) and tensors["g_16_conv100/biases"].dtype == np.float32
     assert set(tensors) == set(read_tf_checkpoint(FIXTURE / "model.ckpt.index"))
+    assert tf_checkpoint_names(FIXTURE) == sorted(tensors)
+    heads = read_tf_checkpoint(FIXTURE, wanted=lambda name: "conv100" in name)
+    assert sorted(heads) == ["g_16_conv100/biases", "g_16_conv100/weights"]
 
 
 def test_imported_checkpoint_computes_what_tensorflow_computed(tmp_path):

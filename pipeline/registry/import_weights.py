@@ -22,7 +22,7 @@ from crn.config import CRNConfig
 from crn.losses import LAYER_WEIGHTS
 from crn.model import CRN
 from crn.presets import PRESETS, make_config
-from crn.tf_checkpoint import TFCheckpointError, checkpoint_prefix, read_tf_checkpoint
+from crn.tf_checkpoint import TFCheckpointError, checkpoint_prefix, read_tf_checkpoint, tf_checkpoint_names
 from pipeline.data.schema import load_schema
 from pipeline.errors import UserError
 from pipeline.options import from_argv, option, to_dict
@@ -68,7 +68,9 @@ def run(config: ImportConfig) -> ImportOutcome:
     schema = load_schema(config.schema)
     try:
         prefix = checkpoint_prefix(config.checkpoint)
-        tensors = read_tf_checkpoint(prefix)  # its errors name the file
+        # Optimizer slots saved with the model are not weights: leave their bytes unread.
+        tensors = read_tf_checkpoint(prefix, wanted=lambda name: not is_optimizer_state(name))
+        ignored = [name for name in tf_checkpoint_names(prefix) if is_optimizer_state(name)]
     except TFCheckpointError as exc:
         raise UserError(str(exc)) from None
     try:
@@ -98,7 +100,7 @@ def run(config: ImportConfig) -> ImportOutcome:
         model, optimizer=None, step=0, epoch=0, loss_weights=LAYER_WEIGHTS[loss_row], label_schema=schema.to_dict(),
         extra={"source": "authors-tf1", "source_checkpoint": str(prefix), "source_sha256": sha256,
                "preset": preset, "dataset": config.dataset, "loss_weights_row": loss_row,
-               "ignored_tensors": sorted(name for name in tensors if is_optimizer_state(name))},
+               "ignored_tensors": ignored},
     )
     save_checkpoint(out, ckpt)
     print(f"import: {len(state)} tensors of {prefix} -> {out} ({preset or 'no preset'}, top {resolution}, "
