@@ -7,7 +7,8 @@ plus the mean-subtracted image itself as "layer 0". Nothing after conv5_2 is bui
 
 Weights are chosen by name and never silently: `"imagenet"` (torchvision's
 VGG19_Weights.IMAGENET1K_V1, from torchvision's cache; we never download), a path to a
-state dict file, or `"random"`. `weights_source` records which one a run used.
+state dict file, the authors' MatConvNet file (a path ending in `.mat`, crn.matconvnet), or
+`"random"`. `weights_source` records which one a run used.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 from torchvision.models import VGG19_Weights, vgg19
+
+from crn.matconvnet import MatConvNetError, load_matconvnet_vgg19
 
 # The authors' (MatConvNet) ImageNet mean, RGB, on the 0..255 scale.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
@@ -39,6 +42,10 @@ def imagenet_cache_path() -> Path:
 
 class VGG19Features(nn.Module):
     """Frozen VGG-19 feature extractor: RGB [N, 3, H, W] in [0, 255] -> 6 feature maps."""
+
+    # What `forward` feeds layer 1: "caffe" = RGB in 0..255 minus the mean, what the
+    # authors' MatConvNet network was trained on.
+    input_convention = "caffe"
 
     def __init__(self, weights: str | os.PathLike):
         super().__init__()
@@ -71,6 +78,16 @@ class VGG19Features(nn.Module):
             self._load_state(state, what=str(path))
             return f"imagenet:{path}"
         path = Path(weights)
+        if path.suffix == ".mat":
+            if not path.is_file():
+                raise VGGWeightsError(f"VGG-19 MatConvNet file {path} does not exist")
+            try:
+                state = load_matconvnet_vgg19(path)
+            except MatConvNetError as exc:
+                raise VGGWeightsError(f"VGG-19 MatConvNet file {exc}") from None
+            self._load_state(state, what=str(path))
+            self.input_convention = "caffe"  # the input the MatConvNet network was trained on
+            return f"matconvnet:{path.resolve()}"
         if not path.is_file():
             raise VGGWeightsError(
                 f"VGG-19 weights {str(weights)!r} are neither 'imagenet', 'random' nor an existing file"

@@ -48,7 +48,7 @@ def test_label_maps_follow_the_recipe(mode, size, resolutions):
     image = _as_mode(ids, mode)
     assert np.array_equal(np.asarray(image), ids)  # the palette image keeps ids as indices
 
-    maps = mapper(image, "labels/x.png", resolutions)
+    maps = mapper(image, "labels/x.png", resolutions).maps
 
     for height, width in resolutions:
         got = maps[f"{height}x{width}"]
@@ -88,7 +88,7 @@ def test_colour_labels_follow_the_recipe():
     for index, colour in colours.items():
         rgb[classes == index] = colour
 
-    maps = mapper(Image.fromarray(rgb), "labels/c.png", parse_resolutions("16x32,64x128"))
+    maps = mapper(Image.fromarray(rgb), "labels/c.png", parse_resolutions("16x32,64x128")).maps
 
     assert np.array_equal(maps["64x128"], classes)
     assert np.array_equal(maps["16x32"], _recipe(ids, 16, 32))

@@ -165,10 +165,12 @@ def test_each_bad_input_is_rejected_with_path_and_reason_and_good_ones_are_writt
             np.testing.assert_array_equal(photo, want_photo)
 
 
-def test_colours_outside_the_schema_are_rejected(damaged, tmp_path, ray_session):
+def test_colours_outside_the_schema_are_rejected_when_asked(damaged, tmp_path, ray_session):
     source, expected, good, bad_colour = damaged
     out = tmp_path / "store"
-    assert main(["--source", str(source), "--out", str(out), "--resolutions", RESOLUTIONS, "--label-type", "color"]) == 0
+    # (by default a colour outside the schema is void, as the authors read labels: test_unknown_labels.py)
+    assert main(["--source", str(source), "--out", str(out), "--resolutions", RESOLUTIONS, "--label-type", "color",
+                 "--unknown-labels", "reject"]) == 0
     rejects = _rejects(out)
     (path,) = [p for p in rejects if bad_colour in p]
     assert path.endswith("_gtFine_color.png")

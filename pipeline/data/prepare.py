@@ -6,7 +6,12 @@ reject and carries on with the next sample. The checks, in order:
   2. label and photo have the same size;
   3. the aspect ratio is 1:2, or `crop_to_aspect` cuts the centre 1:2 window out of it;
   4. the (cropped) image is at least as large as the largest requested resolution;
-  5. every label id / colour is listed by the schema.
+  5. every label id / colour is listed by the schema, or (`unknown_labels = "void"`) at most
+     `max_unknown_fraction` of the map's pixels are not, and those become void. The default is
+     the authors' reading: colour labels go through the palette and any other colour is void
+     (helper.get_semantic_map: void = 1 - the sum of the palette channels); label ids stay
+     strict. Above the fraction the map is rejected: that many unknown values means another
+     schema, not a few stray pixels (a real GTA5 label has 17 pixels of (20, 20, 20)).
 
 Downsampling, always from the (cropped) source image, never from another resolution:
 - Labels: nearest neighbour by pixel centres. Output pixel (i, j) of an h x w map takes the
@@ -17,6 +22,10 @@ Downsampling, always from the (cropped) source image, never from another resolut
 - Photos: Pillow's `Image.resize(..., BICUBIC, reducing_gap=None)`. Pillow widens the
   bicubic kernel by the reduction factor, so this is bicubic with antialiasing, like the
   authors' resize; `reducing_gap=None` keeps it one exact pass.
+
+Photo tone (`--photo-tone`): "plain" stores the downsampled photographs as they are; "vivid"
+tone-maps each resolution's photograph as the authors did for their 512p and 1024p targets
+(pipeline.data.vivid), after the resize, as their scripts did.
 
 Centre crop to 1:2 (only when asked): keep height h' = min(H, W // 2) and width 2h', with
 the window centred (top = (H - h') // 2, left = (W - 2h') // 2). GTA5's 1052x1914 becomes
@@ -40,6 +49,10 @@ ID_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 # The reason's first words, by which a job can add its own advice (preprocessing: --crop-to-aspect).
 WRONG_ASPECT = "wrong aspect ratio"
 COLOR_LABEL_MODES = ("RGB", "RGBA", "P", "PA")
+UNKNOWN_LABEL_POLICIES = ("void", "reject")
+DEFAULT_UNKNOWN_LABELS = {"color": "void", "ids": "reject"}  # see the module docstring, check 5
+DEFAULT_MAX_UNKNOWN_FRACTION = 0.01
+PHOTO_TONES = ("plain", "vivid")
 
 
 class BadInput(Exception):
@@ -59,6 +72,9 @@ class PrepareSettings:
     schema: dict  # LabelSchema.to_dict()
     resolutions: tuple[Resolution, ...]  # smallest first
     crop_to_aspect: bool
+    unknown_labels: str = ""  # "void" or "reject"; "" = the label type's default
+    max_unknown_fraction: float = DEFAULT_MAX_UNKNOWN_FRACTION  # with "void": more is rejected
+    photo_tone: str = "plain"  # one of PHOTO_TONES
 
 
 @dataclass
@@ -68,6 +84,14 @@ class PreparedSample:
     labels: dict[str, np.ndarray]  # "64x128" -> uint8 [64, 128] class indices
     photos: dict[str, np.ndarray] | None  # "64x128" -> uint8 [64, 128, 3]; None without photos
     class_pixels: np.ndarray  # int64 [num_classes]: pixel count per class at the top resolution
+    unknown_pixels: int = 0  # source pixels whose id / colour the schema lacks, stored as void
+    source_pixels: int = 0  # pixels of the (cropped) source label map
+
+
+@dataclass
+class MappedLabels:
+    maps: dict[str, np.ndarray]  # "64x128" -> uint8 class indices
+    unknown_pixels: int  # source pixels outside the schema, mapped to void
 
 
 class LabelMapper:
@@ -80,44 +104,53 @@ class LabelMapper:
     the same maps as mapping first, for about half the work.
     """
 
-    def __init__(self, schema: LabelSchema, label_type: str):
+    def __init__(self, schema: LabelSchema, label_type: str, unknown_labels: str = "",
+                 max_unknown_fraction: float = DEFAULT_MAX_UNKNOWN_FRACTION):
         self.schema = schema
         self.label_type = label_type
+        self.unknown_labels = unknown_labels or DEFAULT_UNKNOWN_LABELS[label_type]
+        self.max_unknown_fraction = max_unknown_fraction
         self.id_table = schema.id_table()
+        if self.unknown_labels == "void":  # ids the schema lacks read as void
+            self.id_table = np.where(self.id_table == INVALID, schema.void_index, self.id_table).astype(np.uint8)
+            self.known_ids = schema.id_table() != INVALID
+        else:
+            self.known_ids = self.id_table != INVALID
         self.color_keys, self.color_classes = schema.color_table()
 
-    def __call__(self, image: Image.Image, path: str, resolutions: tuple[Resolution, ...]) -> dict[str, np.ndarray]:
+    def __call__(self, image: Image.Image, path: str, resolutions: tuple[Resolution, ...]) -> MappedLabels:
         if self.label_type == "ids" and image.mode in ("L", "P"):
-            self._check_8bit_ids(image, path)
+            unknown = self._check_8bit_ids(image, path)
             ids = np.asarray(image)
-            return {str(r): np.take(self.id_table, downsample_label(ids, r)) for r in resolutions}
-        classes = self._from_ids(image, path) if self.label_type == "ids" else self._from_colors(image, path)
-        return {str(r): downsample_label(classes, r) for r in resolutions}
+            return MappedLabels({str(r): np.take(self.id_table, downsample_label(ids, r)) for r in resolutions}, unknown)
+        mapper = self._from_ids if self.label_type == "ids" else self._from_colors
+        classes, unknown = mapper(image, path)
+        return MappedLabels({str(r): downsample_label(classes, r) for r in resolutions}, unknown)
 
-    def _check_8bit_ids(self, image: Image.Image, path: str) -> None:
+    def _check_8bit_ids(self, image: Image.Image, path: str) -> int:
         pixels_per_id = np.asarray(image.histogram())  # 256 counts, one per 8-bit id
-        bad = (pixels_per_id > 0) & (self.id_table[:256] == INVALID)
+        bad = (pixels_per_id > 0) & ~self.known_ids[:256]
         if bad.any():
-            self._reject_ids(path, np.flatnonzero(bad), int(pixels_per_id[bad].sum()))
+            self._check_unknown(path, "ids", [str(v) for v in np.flatnonzero(bad)], int(pixels_per_id[bad].sum()),
+                                image.width * image.height)
+        return int(pixels_per_id[bad].sum())
 
-    def _from_ids(self, image: Image.Image, path: str) -> np.ndarray:
+    def _from_ids(self, image: Image.Image, path: str) -> tuple[np.ndarray, int]:
         if image.mode not in ID_LABEL_MODES:
             raise BadInput(path, f"label image is {image.mode}, but label type 'ids' needs one channel "
                                  "(use --label-type color for colour-coded labels)")
         # 16/32-bit ids: values past the table's end are outside the schema too
         ids = np.asarray(image).astype(np.int64)
         inside = (ids >= 0) & (ids < len(self.id_table))
-        classes = self.id_table[np.where(inside, ids, 0)]
-        bad = ~inside | (classes == INVALID)
+        safe_ids = np.where(inside, ids, 0)
+        classes = self.id_table[safe_ids]
+        bad = ~inside | ~self.known_ids[safe_ids]
         if bad.any():
-            self._reject_ids(path, np.unique(ids[bad]), int(bad.sum()))
-        return classes
+            self._check_unknown(path, "ids", [str(v) for v in np.unique(ids[bad])], int(bad.sum()), ids.size)
+            classes[bad] = self.schema.void_index
+        return classes, int(bad.sum())
 
-    def _reject_ids(self, path: str, values: np.ndarray, pixels: int) -> None:
-        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
-        raise BadInput(path, f"label ids outside schema '{self.schema.name}': {shown} ({pixels} pixels)")
-
-    def _from_colors(self, image: Image.Image, path: str) -> np.ndarray:
+    def _from_colors(self, image: Image.Image, path: str) -> tuple[np.ndarray, int]:
         if image.mode not in COLOR_LABEL_MODES:
             raise BadInput(path, f"label image is {image.mode}, but label type 'color' needs RGB "
                                  "(use --label-type ids for single-channel id labels)")
@@ -125,13 +158,23 @@ class LabelMapper:
         packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         position = np.searchsorted(self.color_keys, packed).clip(0, len(self.color_keys) - 1)
         known = self.color_keys[position] == packed
+        classes = self.color_classes[position]
         if not known.all():
-            values = np.unique(packed[~known])
-            shown = ", ".join(f"({v >> 16},{(v >> 8) & 255},{v & 255})" for v in values[:5])
-            shown += ", ..." if len(values) > 5 else ""
-            raise BadInput(path, f"label colours outside schema '{self.schema.name}': {shown} "
-                                 f"({int((~known).sum())} pixels)")
-        return self.color_classes[position]
+            values = [f"({v >> 16},{(v >> 8) & 255},{v & 255})" for v in np.unique(packed[~known])]
+            self._check_unknown(path, "colours", values, int((~known).sum()), packed.size)
+            classes[~known] = self.schema.void_index
+        return classes, int((~known).sum())
+
+    def _check_unknown(self, path: str, kind: str, values: list[str], pixels: int, total: int) -> None:
+        """Reject the map unless unknown values may be void and there are few enough of them."""
+        limit = 8 if kind == "ids" else 5
+        shown = ", ".join(values[:limit]) + (", ..." if len(values) > limit else "")
+        reason = f"label {kind} outside schema '{self.schema.name}': {shown} ({pixels} pixels)"
+        if self.unknown_labels == "reject":
+            raise BadInput(path, reason)
+        if pixels > self.max_unknown_fraction * total:
+            raise BadInput(path, f"{reason[:-1]}, {100 * pixels / total:.2f}% of the map; more than "
+                                 f"{100 * self.max_unknown_fraction:g}% is a wrong schema, not void)")
 
 
 def decode_image(data: bytes, path: str, kind: str) -> Image.Image:
@@ -195,9 +238,11 @@ class SamplePreparer:
     def __init__(self, settings: PrepareSettings, source_fs: pafs.FileSystem, display):
         self.settings = settings
         self.schema = LabelSchema.from_dict(settings.schema)
-        self.mapper = LabelMapper(self.schema, settings.label_type)
+        self.mapper = LabelMapper(self.schema, settings.label_type, settings.unknown_labels,
+                                  settings.max_unknown_fraction)
         self.fs = source_fs
         self.display = display  # filesystem path -> the path a user recognises
+        self.tone = _photo_tone(settings.photo_tone)
 
     def read(self, path: str) -> bytes:
         try:
@@ -237,13 +282,26 @@ class SamplePreparer:
             raise BadInput(label_name, f"too small: {height}x{width} is smaller than the requested "
                                        f"resolution {str(top)}")
 
-        labels = self.mapper(label, label_name, self.settings.resolutions)
+        mapped = self.mapper(label, label_name, self.settings.resolutions)
+        labels = mapped.maps
         photos = None
         if photo is not None:
             photo_rgb = photo if photo.mode == "RGB" else photo.convert("RGB")
-            photos = {str(r): downsample_photo(photo_rgb, r) for r in self.settings.resolutions}
+            photos = {str(r): self.tone(downsample_photo(photo_rgb, r)) for r in self.settings.resolutions}
         class_pixels = np.bincount(labels[str(top)].ravel(), minlength=self.schema.num_classes)
-        return PreparedSample(sample_id, split, labels, photos, class_pixels.astype(np.int64))
+        return PreparedSample(sample_id, split, labels, photos, class_pixels.astype(np.int64),
+                              unknown_pixels=mapped.unknown_pixels, source_pixels=width * height)
+
+
+def _photo_tone(name: str):
+    """The function applied to each stored photograph (vivid's SciPy and scikit-image load only if used)."""
+    if name == "plain":
+        return lambda photo: photo
+    if name == "vivid":
+        from pipeline.data.vivid import vivid
+
+        return vivid
+    raise ValueError(f"unknown photo tone {name!r} (one of {', '.join(PHOTO_TONES)})")
 
 
 def _size(image: Image.Image) -> str:

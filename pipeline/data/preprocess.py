@@ -23,7 +23,8 @@ from typing import Sequence
 import pyarrow.fs as pafs
 
 from crn.resolution import Resolution, parse_resolutions
-from pipeline.data.prepare import WRONG_ASPECT, PrepareSettings
+from pipeline.data.prepare import (DEFAULT_MAX_UNKNOWN_FRACTION, DEFAULT_UNKNOWN_LABELS, PHOTO_TONES,
+                                   UNKNOWN_LABEL_POLICIES, WRONG_ASPECT, PrepareSettings)
 from pipeline.data.schema import load_schema
 from pipeline.data.shards import build_shard, plan_shards, rows_per_file_for
 from pipeline.data.sources import DEFAULT_LABEL_TYPE, FORMATS, LABEL_TYPES, scan_source
@@ -39,6 +40,11 @@ DEFAULT_RESOLUTIONS = "64x128,128x256,256x512"
 
 def _split_list(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def fraction(value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"must be a fraction in 0..1, got {value}")
 
 
 @dataclass
@@ -57,6 +63,14 @@ class PreprocessConfig:
                                    "<split>/ folders found (else one split 'train') for the others", parse=_split_list)
     crop_to_aspect: bool = option(False, "centre-crop images that are not 1:2 (e.g. GTA5's 1052x1914) instead of "
                                          "rejecting them")
+    unknown_labels: str = option("", "label ids / colours the schema lacks: void (stored as void, counted per sample "
+                                     "in the manifest) or reject (the whole map); default: void for colour labels, "
+                                     "as the authors read them, reject for ids", check=one_of(*UNKNOWN_LABEL_POLICIES))
+    max_unknown_fraction: float = option(DEFAULT_MAX_UNKNOWN_FRACTION, "with --unknown-labels void, a map with more "
+                                         "than this fraction of unknown pixels is still rejected (a wrong schema)",
+                                         check=fraction)
+    photo_tone: str = option("plain", "photographs as they are, or vivid: the authors' tone mapping of the targets "
+                                      "of their 512p and 1024p models, applied at each resolution", choices=PHOTO_TONES)
     rows_per_file: int = option(0, "samples per Parquet part; 0 = about 32 MiB of raw pixels per part",
                                 check=at_least(0))
     experiment: str = option("crn-preprocess", "MLflow experiment name")
@@ -66,9 +80,11 @@ class PreprocessConfig:
         """The format's usual label type and a part size filled in."""
         from dataclasses import replace
 
+        label_type = self.label_type or DEFAULT_LABEL_TYPE[self.format]
         return replace(
             self,
-            label_type=self.label_type or DEFAULT_LABEL_TYPE[self.format],
+            label_type=label_type,
+            unknown_labels=self.unknown_labels or DEFAULT_UNKNOWN_LABELS[label_type],
             rows_per_file=self.rows_per_file or rows_per_file_for(self.resolutions, self.format != "labels-only"),
         )
 
@@ -80,6 +96,9 @@ class PreprocessConfig:
             "resolutions": [str(r) for r in self.resolutions],
             "crop_to_aspect": self.crop_to_aspect,
             "rows_per_file": self.rows_per_file,
+            "unknown_labels": self.unknown_labels,
+            "max_unknown_fraction": self.max_unknown_fraction,
+            "photo_tone": self.photo_tone,
         }
 
 
@@ -130,7 +149,9 @@ def build_store(config: PreprocessConfig, schema) -> dict:
 
     shards = plan_shards(scan.candidates, scan.splits, config.rows_per_file, data_dir)
     settings = PrepareSettings(label_type=config.label_type, schema=schema.to_dict(),
-                               resolutions=config.resolutions, crop_to_aspect=config.crop_to_aspect)
+                               resolutions=config.resolutions, crop_to_aspect=config.crop_to_aspect,
+                               unknown_labels=config.unknown_labels, max_unknown_fraction=config.max_unknown_fraction,
+                               photo_tone=config.photo_tone)
     summaries = _run_shards(shards, settings, config, scan, store_fs, store_root)
 
     manifest = _manifest(config, schema, scan, key, data_dir, summaries)
@@ -196,6 +217,7 @@ def _manifest(config, schema, scan, key, data_dir, summaries) -> dict:
         "resolutions": [str(r) for r in config.resolutions],
         "class_pixels_resolution": str(config.resolutions[-1]),
         "has_photos": config.format != "labels-only",
+        "photo_tone": config.photo_tone,
         "data_dir": data_dir,
         "splits": splits,
         "source": {
@@ -206,6 +228,13 @@ def _manifest(config, schema, scan, key, data_dir, summaries) -> dict:
             "num_files": scan.num_files,
         },
         "rejects": sorted(rejects, key=lambda r: (r["path"], r["reason"])),
+        # Label maps stored with unknown ids / colours as void, and how many of their pixels.
+        "unknown_labels": {
+            "policy": config.unknown_labels,
+            "max_fraction": config.max_unknown_fraction,
+            "samples": sorted((u for s in summaries for u in s.get("unknown_labels", [])),
+                              key=lambda u: u["sample_id"]),
+        },
         "config": to_dict(config),
     }
 

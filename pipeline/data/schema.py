@@ -9,8 +9,10 @@ the void class, which always takes the last index (docs/contracts.md):
      "void": {"name": "void", "ids": [0, 1, ...], "colors": [[0, 0, 0], ...]}}
 
 `ids` are the values of a single-channel label image (Cityscapes *_gtFine_labelIds.png),
-`colors` the RGB values of a colour-coded one (*_gtFine_color.png, GTA5 labels). A value
-the schema does not list at all makes the label image a reject, never a silent void.
+`colors` the RGB values of a colour-coded one (*_gtFine_color.png, GTA5 labels). What a
+value the schema does not list becomes is the preprocessing's choice, never the schema's:
+a reject, or (colour labels, as the authors read them) void, counted in the manifest
+(pipeline.data.prepare, `--unknown-labels`).
 
 Shared colours: Cityscapes gives some void labels the colour of a real class (polegroup
 has pole's (153, 153, 153), license plate has car's (0, 0, 142)). A colour listed both by

@@ -107,6 +107,9 @@ def _build(shard: Shard, settings: PrepareSettings, source_fs, source_uri, store
     class_pixels = np.zeros(preparer.schema.num_classes, dtype=np.int64)
     for sample in prepared:
         class_pixels += sample.class_pixels
+    # Samples stored with unknown label values as void (pipeline.data.prepare, check 5).
+    unknown = [{"sample_id": s.sample_id, "pixels": s.unknown_pixels,
+                "fraction": round(s.unknown_pixels / s.source_pixels, 6)} for s in prepared if s.unknown_pixels]
     summary = {
         "split": shard.split,
         "index": shard.index,
@@ -115,6 +118,7 @@ def _build(shard: Shard, settings: PrepareSettings, source_fs, source_uri, store
         "bytes": 0,
         "class_pixels": class_pixels.tolist(),
         "rejects": rejects,
+        "unknown_labels": unknown,
         "inputs": shard.digest(),
         "reused": False,
     }

@@ -59,7 +59,8 @@ class TrainConfig:
     loss_weights: str = option(AUTO, "VGG layer weights (crn-spec.md 3.2); auto = the recipe's row for the preset "
                                      "and the store's data set", choices=[AUTO, *LAYER_WEIGHTS], identity=True)
     vgg_weights: str = option("imagenet", "loss network weights: imagenet (torchvision cache, never downloaded), "
-                                          "a .pth file, or random", identity=True)
+                                          "a .pth file, the authors' imagenet-vgg-verydeep-19.mat, or random",
+                              identity=True)
     recalibrate_after_epoch: int = option(0, "after this epoch, divide each layer weight by its mean term over that "
                                              "epoch (spec 3.3); 0 = never", check=non_negative, identity=True)
     # --- memory ---
