@@ -284,7 +284,7 @@ def test_mlflow_holds_config_metrics_images_and_the_registered_candidate(short_r
     assert run.data.params["model.widths"] == "[64, 64, 64, 64]"
     assert run.data.tags["crn.vgg_weights"] == "random"
     assert {"loss", *LAYER_NAMES, "steps_per_s", "samples_per_s"} <= set(run.data.metrics)
-    assert not any(key.startswith("layer") for key in run.data.metrics), "terms are named by VGG layer"
+    assert not {f"layer{i}" for i in range(6)} & set(run.data.metrics), "terms are named by VGG layer"
     assert run.data.tags["crn.vgg_input"] == "torchvision" and run.data.params["loss_weights"] == "uncalibrated"
     images = sorted(a.path for a in client.list_artifacts(short_run.run_id, "images"))
     assert images == [f"images/step_{s:08d}.png" for s in (4, 8, 12)]
