@@ -7,7 +7,8 @@ In one run, on the same toy store (pipeline.data.toy.make_toy_store),
 the same model (crn-small, 64x128, K=4; crn-tiny in --quick), the same batch size, the same
 loss (CRNLoss with a random-weight VGG-19: the weights do not change the work), the same
 step function (pipeline.training.loop.train_step) and the same torch threads:
-- Ray: `pipeline.training.job.run` with one CPU worker: a Ray Data shard with local shuffling,
+- Ray: `pipeline.training.job.run` with one CPU worker: rows of each epoch's permutation read
+  by index from the store (pipeline.data.rows, the next batch in a background thread),
   one-hot on the worker, a report every 10 steps (its per-step losses go to MLflow). The
   loop's own steps/s per report window (MLflow metric `steps_per_s`) are the measurements.
 - plain: the store's rows read once with pyarrow into memory, then the same steps in this
@@ -18,9 +19,8 @@ small machine shared with other jobs, the best window is the one least disturbed
 sides alike. For the same reason the plain loop runs at the niceness Ray gives its workers
 (15 by default), so other jobs slow both sides alike. The means are printed beside them. Start-up (Ray, workers, the data set's first
 blocks) is outside every window, and all steps lie inside the first epoch: the figure is
-what a long run sees per step. A new epoch restarts the Ray Data shard (a second or two on
-2 busy cores with the data cached in the object store, `--cache-data`; a read of the store
-otherwise), which a Cityscapes epoch of 2975 steps amortizes.
+what a long run sees per step. A new epoch only draws a new permutation; rows whose row
+groups are not in the worker's cache (`--row-cache-mb`) are decoded again (bench_data_order).
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def run(quick: bool = False) -> list[dict]:
                     store=str(store), preset=sizes["preset"], batch_size=BATCH, steps=sizes["steps"],
                     vgg_weights="random", threads_per_worker=threads, checkpoint_every=sizes["steps"],
                     log_every=WINDOW, image_every=0, experiment=EXPERIMENT, run_name=f"bench-{time.time_ns()}-{index}",
-                ))
+                ), "*", "torchvision")  # random VGG weights: torchvision's input convention
 
             config = job_config(0)
             ray_runs = sizes["ray_runs"]
@@ -164,7 +164,7 @@ def run(quick: bool = False) -> list[dict]:
              f"samples, {threads} torch thread(s), best {WINDOW}-step window of steps {WINDOW + 1}..{sizes['steps']}")
     return [
         {"name": "train_ray_steps_per_s", "value": max(ray_rates), "unit": "steps/s", "goal": "n/a",
-         "compared": f"Ray Train loop, 1 CPU worker, Ray Data shard, report every {WINDOW} steps, {sizes['ray_runs']} job(s) "
+         "compared": f"Ray Train loop, 1 CPU worker, rows read by index, report every {WINDOW} steps, {sizes['ray_runs']} job(s) "
                      f"({len(ray_rates)} windows, mean {np.mean(ray_rates):.3f}); {setup}"},
         {"name": "train_plain_steps_per_s", "value": max(plain), "unit": "steps/s", "goal": "n/a",
          "compared": f"plain PyTorch loop in one process, data in memory, taking turns with the Ray jobs "

@@ -18,11 +18,12 @@ import torch
 import torch.nn as nn
 
 from crn.labels import label_pyramid
-from crn.vgg import VGG19Features
+from crn.vgg import LAYER_NAMES, VGG19Features
 
 # lambda_l for (image, relu1_2, relu2_2, relu3_2, relu4_2, relu5_2), section 3.2. The
-# published rows are the "uncalibrated" row divided by measured term means (3.3); the
-# 1024p model uses the 512p row.
+# published rows are the "uncalibrated" row divided by measured term means (3.3) of the
+# authors' MatConvNet VGG-19; the 1024p model uses the 512p row. With torchvision's weights
+# the features have other scales, so those rows are only starting values.
 LAYER_WEIGHTS: dict[str, tuple[float, ...]] = {
     "cityscapes-256p": (1.0, 1 / 1.6, 1 / 2.3, 1 / 1.8, 1 / 2.8, 10 / 0.8),
     "cityscapes-512p": (1.0, 1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5),
@@ -82,8 +83,9 @@ def diversity_loss(content: torch.Tensor) -> torch.Tensor:
 def recalibrate(weights: Sequence[float], term_means: Sequence[float]) -> tuple[float, ...]:
     """Section 3.3: divide each VGG layer's weight by the measured mean of its term.
 
-    `term_means` are the unweighted per-layer terms that `CRNLoss` reports (averaged over a
-    pass through the data); starting from "uncalibrated" the result keeps conv5_2's extra
+    `term_means` are the unweighted per-layer terms that `CRNLoss` reports, averaged over a
+    pass through the data: each layer's plain mean L1 (sum over classes of E_l, averaged
+    over samples and outputs). Starting from "uncalibrated" the result keeps conv5_2's extra
     x10. The image term (layer 0) keeps its weight: every published row has it at 1.
     """
     if len(weights) != NUM_LAYERS or len(term_means) != NUM_LAYERS:
@@ -97,8 +99,10 @@ class CRNLoss(nn.Module):
     """The full training loss for K outputs per label map (sections 3.1-3.4).
 
     forward(fake [B, K, 3, H, W], real [B, 3, H, W], onehot [B, L, H, W]) returns the scalar
-    loss and, for logging and `recalibrate`, each layer's unweighted term: E_l averaged over
-    samples, outputs and classes (the quantity the authors' training scripts print).
+    loss and, for logging and `recalibrate`, each layer's unweighted term by its layer name
+    (image, relu1_2 .. relu5_2): the plain mean L1 of the layer, sum over classes of E_l
+    averaged over samples and outputs (section 3.3; the masks sum to one, so this is the
+    unmasked L1, not a mean over classes, which would be L times smaller).
     """
 
     def __init__(self, vgg: VGG19Features, layer_weights: Sequence[float]):
@@ -127,5 +131,5 @@ class CRNLoss(nn.Module):
         errors = class_layer_errors(real_features, fake_features, onehot)  # [B, K, L, layers]
         content = errors @ self.weights  # [B, K, L]
         loss = diversity_loss(content)
-        term_means = errors.detach().mean(dim=(0, 1, 2)).tolist()
-        return loss, {f"layer{i}": value for i, value in enumerate(term_means)}
+        term_means = errors.detach().sum(dim=2).mean(dim=(0, 1)).tolist()  # sum over classes, mean over B, K
+        return loss, dict(zip(LAYER_NAMES, term_means))

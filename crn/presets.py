@@ -22,8 +22,9 @@ PAPER_WIDTHS: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512, 512, 128, 32
 CPU_NUM_OUTPUTS = 4
 
 
-def _preset(num_modules: int, width_divisor: int, default_outputs: int) -> Callable[..., CRNConfig]:
-    widths = tuple(w // width_divisor for w in PAPER_WIDTHS[:num_modules])
+def _preset(num_modules: int, width_divisor: int, default_outputs: int,
+            widths: tuple[int, ...] | None = None) -> Callable[..., CRNConfig]:
+    widths = widths or tuple(w // width_divisor for w in PAPER_WIDTHS[:num_modules])
 
     def build(num_classes: int, num_outputs: int | None = None) -> CRNConfig:
         k = default_outputs if num_outputs is None else num_outputs
@@ -41,6 +42,12 @@ PRESETS: dict[str, Callable[..., CRNConfig]] = {
     "crn-tiny": _preset(num_modules=4, width_divisor=16, default_outputs=CPU_NUM_OUTPUTS),
     "crn-small": _preset(num_modules=5, width_divisor=8, default_outputs=CPU_NUM_OUTPUTS),
     "crn-mid": _preset(num_modules=6, width_divisor=4, default_outputs=CPU_NUM_OUTPUTS),
+    # The paper's three progressive stages scaled down (tests of the stage chain): top 16x32
+    # (K=4), then 32x64 and 64x128 (K=1), each new top module 4x narrower than the one
+    # below, as 512 -> 128 -> 32 in the paper.
+    "crn-chain-16p": _preset(3, 1, CPU_NUM_OUTPUTS, widths=(64, 64, 64)),
+    "crn-chain-32p": _preset(4, 1, 1, widths=(64, 64, 64, 16)),
+    "crn-chain-64p": _preset(5, 1, 1, widths=(64, 64, 64, 16, 4)),
 }
 
 

@@ -1,9 +1,20 @@
 """The loss network: VGG-19 features the way the CRN authors used them (crn-spec.md section 3).
 
-torchvision's VGG-19 layers, with the authors' three differences from the usual use:
-RGB input in [0, 255] minus the ImageNet mean (no division by a standard deviation),
-average instead of max pooling, and features taken after the ReLUs of conv1_2 .. conv5_2,
-plus the mean-subtracted image itself as "layer 0". Nothing after conv5_2 is built.
+torchvision's VGG-19 layers, with the authors' differences from the usual use: average
+instead of max pooling, and features taken after the ReLUs of conv1_2 .. conv5_2, plus the
+image itself minus the ImageNet mean on the 0..255 scale as "layer 0" (the image term).
+Nothing after conv5_2 is built.
+
+Input convention: what the convolutions are fed depends on how the weights were trained.
+- "torchvision": torchvision-layout weights ("imagenet", a .pth state dict, "random") were
+  trained on (x / 255 - mean) / std, torchvision's ImageNet normalisation; fed 0..255 they
+  would see inputs about 57x too large (crn-spec.md 3). We normalise explicitly rather
+  than fold the normalisation into conv1_1: a folded conv1_1 differs at the image border,
+  where the zero padding would stand for a black pixel instead of a zero-mean one.
+- "caffe": the authors' MatConvNet network takes RGB 0..255 minus the mean, no std.
+Layer 0 is the same in both. `input_convention_for(weights)` says which convention a weights
+name implies (a weights loader for another layout adds its kind there); the constructor's
+`input_convention` overrides it.
 
 Weights are chosen by name and never silently: `"imagenet"` (torchvision's
 VGG19_Weights.IMAGENET1K_V1, from torchvision's cache; we never download), a path to a
@@ -24,6 +35,11 @@ from crn.matconvnet import MatConvNetError, load_matconvnet_vgg19
 
 # The authors' (MatConvNet) ImageNet mean, RGB, on the 0..255 scale.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+# torchvision's ImageNet normalisation of x / 255 (VGG19_Weights.IMAGENET1K_V1.transforms()).
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+TORCHVISION, CAFFE = "torchvision", "caffe"
+INPUT_CONVENTIONS = (TORCHVISION, CAFFE)
 # torchvision vgg19().features indices of relu1_2, relu2_2, relu3_2, relu4_2, relu5_2.
 FEATURE_INDICES = (3, 8, 13, 22, 31)
 LAYER_NAMES = ("image", "relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
@@ -34,6 +50,14 @@ class VGGWeightsError(ValueError):
     """The requested VGG-19 weights cannot be used (missing, unreadable, wrong shapes)."""
 
 
+def input_convention_for(weights: str | os.PathLike) -> str:
+    """The input convention a weights name implies: the authors' MatConvNet file (`.mat`) was
+    trained on 0..255 minus the mean ("caffe"); every other kind read here is torchvision's
+    layout, trained on torchvision's normalisation (random weights follow it too: their
+    Kaiming initialisation expects inputs of unit scale)."""
+    return CAFFE if str(weights).endswith(".mat") else TORCHVISION
+
+
 def imagenet_cache_path() -> Path:
     """Where torchvision looks for (and would download) the ImageNet VGG-19 weights."""
     file_name = os.path.basename(urlparse(IMAGENET_WEIGHTS.url).path)
@@ -41,14 +65,18 @@ def imagenet_cache_path() -> Path:
 
 
 class VGG19Features(nn.Module):
-    """Frozen VGG-19 feature extractor: RGB [N, 3, H, W] in [0, 255] -> 6 feature maps."""
+    """Frozen VGG-19 feature extractor: RGB [N, 3, H, W] in [0, 255] -> 6 feature maps.
 
-    # What `forward` feeds layer 1: "caffe" = RGB in 0..255 minus the mean, what the
-    # authors' MatConvNet network was trained on.
-    input_convention = "caffe"
+    `input_convention` ("torchvision" or "caffe", see the module docstring) defaults to the
+    one the weights imply (`input_convention_for`).
+    """
 
-    def __init__(self, weights: str | os.PathLike):
+    def __init__(self, weights: str | os.PathLike, input_convention: str | None = None):
         super().__init__()
+        self.input_convention = input_convention or input_convention_for(weights)
+        if self.input_convention not in INPUT_CONVENTIONS:
+            raise ValueError(f"VGG-19 input convention {self.input_convention!r} is not one of "
+                             f"{', '.join(INPUT_CONVENTIONS)}")
         # Build on the meta device so the 400 MB classifier we never use is not allocated.
         with torch.device("meta"):
             layers = vgg19(weights=None).features[: FEATURE_INDICES[-1] + 1]
@@ -58,6 +86,14 @@ class VGG19Features(nn.Module):
                 layers[i] = nn.AvgPool2d(kernel_size=2, stride=2)
         self.layers = layers
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1), persistent=False)
+        # What the convolutions see: (rgb - shift) / scale, per channel.
+        if self.input_convention == TORCHVISION:
+            shift = [255.0 * m for m in TORCHVISION_MEAN]
+            scale = [255.0 * s for s in TORCHVISION_STD]
+        else:
+            shift, scale = list(IMAGENET_MEAN_RGB), [1.0, 1.0, 1.0]
+        self.register_buffer("input_shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
         self.weights_source = self._load_weights(weights)
         self.requires_grad_(False)
         self.eval()
@@ -86,8 +122,7 @@ class VGG19Features(nn.Module):
             except MatConvNetError as exc:
                 raise VGGWeightsError(f"VGG-19 MatConvNet file {exc}") from None
             self._load_state(state, what=str(path))
-            self.input_convention = "caffe"  # the input the MatConvNet network was trained on
-            return f"matconvnet:{path.resolve()}"
+            return f"matconvnet:{path.resolve()}"  # input_convention_for gave it "caffe", its training input
         if not path.is_file():
             raise VGGWeightsError(
                 f"VGG-19 weights {str(weights)!r} are neither 'imagenet', 'random' nor an existing file"
@@ -135,8 +170,8 @@ class VGG19Features(nn.Module):
         """[N, 3, H, W] RGB in [0, 255] -> [image - mean, relu1_2, relu2_2, relu3_2, relu4_2, relu5_2]."""
         if rgb.dim() != 4 or rgb.shape[1] != 3:
             raise ValueError(f"VGG-19 input must be RGB [N, 3, H, W], got shape {tuple(rgb.shape)}")
-        x = rgb - self.mean
-        features = [x]
+        features = [rgb - self.mean]  # the image term, 0..255 scale, in either convention
+        x = (rgb - self.input_shift) / self.input_scale
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i in FEATURE_INDICES:

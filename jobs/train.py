@@ -3,9 +3,11 @@
     ray job submit -- python jobs/train.py --store s3://bucket/cityscapes --num-workers 8 --use-gpu
     python jobs/train.py --store work/toy-store --preset crn-tiny --vgg-weights random --steps 50
     python jobs/train.py --store ... --dry-run      # the resolved configuration and the recipe table
+    python jobs/train.py --store ... --preset crn-1024p --progressive   # 256p, then 512p, then 1024p
 
 The published recipe is the default (pipeline.training.recipe); the job itself is
-pipeline.training.job. Re-running the same command resumes from the last checkpoint.
+pipeline.training.job, the chain of stages pipeline.training.progression. Re-running the
+same command resumes from the last checkpoint.
 """
 from __future__ import annotations
 
@@ -24,15 +26,20 @@ from pipeline.training.config import parse_train_config
 def main(argv: Sequence[str] | None = None) -> int:
     from ray.train import TrainingFailedError
 
+    from pipeline.training import progression
     from pipeline.training.job import run
     from pipeline.training.plan import dry_run_text, make_plan
 
     config = parse_train_config(argv)
     if config.dry_run:
-        print(json.dumps(dry_run_text(make_plan(config)), indent=1))
+        text = progression.dry_run_text(config) if config.progressive else dry_run_text(make_plan(config))
+        print(json.dumps(text, indent=1))
         return 0
     try:
-        run(config)
+        if config.progressive:
+            progression.run_progression(config)
+        else:
+            run(config)
     except TrainingFailedError as exc:  # workers failed more than --max-failures times
         print(f"{exc}\nerror: training failed; re-run the same command to resume from its last checkpoint",
               file=sys.stderr)

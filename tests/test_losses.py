@@ -12,7 +12,7 @@ import torch
 
 from crn.labels import label_pyramid, one_hot
 from crn.losses import LAYER_WEIGHTS, CRNLoss, class_layer_errors, diversity_loss, recalibrate
-from crn.vgg import VGG19Features
+from crn.vgg import LAYER_NAMES, VGG19Features
 
 IMAGE_ONLY = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
@@ -43,7 +43,7 @@ def test_loss_is_zero_for_identical_images(vgg):
     fake = real.unsqueeze(1).expand(-1, 3, -1, -1, -1)
     loss, terms = CRNLoss(vgg, LAYER_WEIGHTS["cityscapes-256p"])(fake, real, onehot)
     assert loss.item() == 0.0
-    assert terms == {f"layer{i}": 0.0 for i in range(6)}
+    assert terms == {name: 0.0 for name in ("image", "relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")}
 
 
 def test_with_k1_the_class_sum_is_the_unmasked_mean_l1_of_each_layer(vgg):
@@ -111,7 +111,9 @@ def test_crn_loss_lets_each_class_pick_its_best_output(vgg):
     loss, terms = CRNLoss(vgg, IMAGE_ONLY)(fake, real, onehot)
     # content[u, c]: 0 where output u is right, 40 * 0.5 (class area) where it is wrong.
     assert loss.item() == pytest.approx(0.999 * 0.0 + 0.001 * (10.0 + 10.0), rel=1e-5)
-    assert terms["layer0"] == pytest.approx((0 + 20 + 20 + 0) / 4, rel=1e-5)  # mean over outputs, classes
+    # The image term: the plain mean L1 of each output (20 = 40 on half the pixels), averaged
+    # over the 2 outputs; a mean over the 2 classes as well would halve it.
+    assert terms["image"] == pytest.approx((0 + 20 + 20 + 0) / 2, rel=1e-5)
     loss.backward()
     assert fake.grad[0, 0, :, :, 32:].abs().sum() > 0  # the losing side still gets a gradient
 
@@ -127,17 +129,47 @@ def test_real_features_are_computed_once_per_sample_without_a_graph(vgg):
     assert sorted(calls) == [(2, False), (6, True)]  # real: B images, no grad; fake: B*K images
 
 
-def test_terms_are_the_unweighted_layer_errors_averaged(vgg):
-    fake, real, onehot = random_batch(batch=1, k=2, classes=3)
+def test_terms_are_each_layers_plain_mean_l1(vgg):
+    """Section 3.3: a layer's term is its plain mean L1 (the masks sum to one, so it is the
+    sum over classes of E_l), averaged over samples and outputs."""
+    fake, real, onehot = random_batch(batch=2, k=2, classes=3)
     loss_fn = CRNLoss(vgg, LAYER_WEIGHTS["cityscapes-256p"])
     loss, terms = loss_fn(fake, real, onehot)
     with torch.no_grad():
-        errors = class_layer_errors(vgg(real), vgg(fake.reshape(2, 3, 32, 64)), onehot)
-    assert list(terms) == [f"layer{i}" for i in range(6)]
-    for i in range(6):
-        assert terms[f"layer{i}"] == pytest.approx(errors[..., i].mean().item(), rel=1e-5)
+        real_features = vgg(real)
+        fake_features = vgg(fake.reshape(4, 3, 32, 64))
+        errors = class_layer_errors(real_features, fake_features, onehot)
+    assert list(terms) == list(LAYER_NAMES) == ["image", "relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2"]
+    for name, r, f in zip(LAYER_NAMES, real_features, fake_features):
+        plain_l1 = (r.repeat_interleave(2, dim=0) - f).abs().mean()  # every output against its sample's photo
+        assert terms[name] == pytest.approx(plain_l1.item(), rel=1e-5)
     content = (errors * torch.tensor(LAYER_WEIGHTS["cityscapes-256p"])).sum(-1)
     assert loss.item() == pytest.approx(diversity_loss(content).item(), rel=1e-5)
+
+
+def test_recalibration_on_a_constructed_case_divides_by_the_plain_mean_l1():
+    """A stand-in loss network whose six "layers" are the image itself, 3 classes, K=2: the
+    terms CRNLoss reports and the recalibrated row, by hand. A mean over classes would make
+    every VGG weight 3x too large against the image term."""
+
+    class SixTimesTheImage(torch.nn.Module):
+        def forward(self, rgb):
+            return [rgb] * 6
+
+    index_map = torch.zeros(1, 16, 32, dtype=torch.long)
+    index_map[:, :, 10:] = 1
+    index_map[:, 8:, 20:] = 2
+    onehot = one_hot(index_map, 3)
+    real = torch.full((1, 3, 16, 32), 50.0)
+    fake = real.unsqueeze(1).repeat(1, 2, 1, 1, 1)  # [B=1, K=2, 3, 16, 32]
+    fake[0, 0, :, 0, :4] += 8.0  # output 0: off by 8 on 4 pixels (class 0) ...
+    fake[0, 0, :, 15, 30:] -= 4.0  # ... and by 4 on 2 pixels (class 2); output 1 is exact
+    _, terms = CRNLoss(SixTimesTheImage(), LAYER_WEIGHTS["uncalibrated"])(fake, real, onehot)
+    # Output 0's plain mean L1 is (4 * 8 + 2 * 4) / 512; output 1's is 0; the term is their mean.
+    by_hand = (4 * 8 + 2 * 4) / 512 / 2
+    assert terms == pytest.approx({name: by_hand for name in LAYER_NAMES}, rel=1e-6)
+    recalibrated = recalibrate(LAYER_WEIGHTS["uncalibrated"], list(terms.values()))
+    assert recalibrated == pytest.approx((1.0, *[1 / by_hand] * 4, 10 / by_hand), rel=1e-6)
 
 
 def test_recalibration_reproduces_the_published_rows():

@@ -36,6 +36,7 @@ def test_presets_resolutions_outputs_and_module_names():
     expected = {
         "crn-256p": ((256, 512), 9), "crn-512p": ((512, 1024), 1), "crn-1024p": ((1024, 2048), 1),
         "crn-tiny": ((32, 64), 4), "crn-small": ((64, 128), 4), "crn-mid": ((128, 256), 4),
+        "crn-chain-16p": ((16, 32), 4), "crn-chain-32p": ((32, 64), 1), "crn-chain-64p": ((64, 128), 1),
     }
     assert set(PRESETS) == set(expected)
     for name, (top, k) in expected.items():

@@ -2,15 +2,18 @@
 
     .venv/bin/python -m pytest tests/test_train.py -q -x
 
-Every fit is crn-tiny (top 32x64, K=2) with random VGG weights (named, so nothing is
-downloaded) on the 8 training samples of the `toy_store` fixture, for a few steps; six fits
-in all, about 4-5 minutes on 2 cores (most of each fit is Ray starting workers).
-References: the same Adam step computed by hand in this process (DDP), an uninterrupted
-run (resume), `crn.losses.recalibrate` on the logged per-layer terms, the earlier stage's
-weights (progressive stages), and the checkpoint file itself (registry).
+Every fit is crn-tiny (top 32x64, K=2) or a crn-chain stage with random VGG weights (named,
+so nothing is downloaded) on the 8 training samples of the `toy_store` fixture, for a few
+steps; about 4-6 minutes on 2 cores (most of each fit is Ray starting workers).
+References: the same Adam step computed by hand in this process on the rows the epoch's
+permutation gives (DDP), an uninterrupted run (resume), `crn.losses.recalibrate` on the
+logged per-layer terms, the earlier stage's weights (progressive stages), and the
+checkpoint file itself (registry).
 """
 from __future__ import annotations
 
+import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -37,8 +40,11 @@ from pipeline.registry.models import load_model
 from pipeline.runtime import entrypoint
 from pipeline.training import job as train
 from pipeline.training.config import parse_train_config as config_from_argv
+from crn.vgg import LAYER_NAMES
 from pipeline.training.loop import CHECKPOINT_FILE, train_loop_per_worker
+from pipeline.training.order import epoch_permutation
 from pipeline.training.plan import make_plan
+from pipeline.training.progression import run_progression
 
 EXPERIMENT = "test-train"
 NUM_CLASSES, K = 20, 2
@@ -83,7 +89,7 @@ def loss_steps(run_id: str) -> list[int]:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--num-workers", "4"], "4 worker(s) x 1 CPU plus 1 CPU for Ray Data need 5 CPUs; the Ray cluster has 4"),
+    (["--num-workers", "5"], "5 worker(s) x 1 CPU need 5 CPUs; the Ray cluster has 4"),
     (["--use-gpu"], "--use-gpu with 1 worker(s) needs 1 GPU(s); the Ray cluster has 0"),
     (["--resolution", "64x128"], "--resolution 64x128: preset crn-tiny makes 32x64 images"),
     (["--batch-size", "5", "--num-workers", "2"], "has 8 training samples: too few for 2 worker(s) x batch 5"),
@@ -123,22 +129,26 @@ def test_earlier_stage_with_another_schema_is_refused(tmp_path, toy_store, capsy
 
 
 def test_two_workers_make_the_update_of_one_step_on_the_combined_batch(toy_store, ray_session):
-    """2 ranks x batch 4 see the 8 training samples once; the reference takes one Adam step on all 8."""
-    outcome = fit(tiny_argv(toy_store, unique("ddp"), "--num-workers", "2", "--batch-size", "4", "--steps", "1"))
+    """2 ranks x batch 2: the first step's global batch is the first 4 rows of epoch 0's
+    permutation of the 8 training rows; the reference takes one Adam step on those 4 (random
+    VGG weights: the layer weights start uncalibrated)."""
+    outcome = fit(tiny_argv(toy_store, unique("ddp"), "--num-workers", "2", "--batch-size", "2", "--steps", "1"))
     ddp = checkpoint_of(outcome)
     assert ddp["step"] == 1
     # --steps 1 runs one epoch of the recipe's 200, and the run says so.
     assert MlflowClient().get_run(outcome.run_id).data.params["epochs"] == "1"
 
+    rows = epoch_permutation(8, SEED, 0)[:4]
+    assert sorted(rows.tolist()) != [0, 1, 2, 3], "seed 0 should not happen to pick the stored order"
     table = open_store(toy_store).read_table("train", "32x64")
-    labels = torch.from_numpy(decode_labels(table.column(label_column("32x64")), "32x64").copy()).long()
-    photos = torch.from_numpy(decode_photos(table.column(photo_column("32x64")), "32x64").copy())
+    labels = torch.from_numpy(decode_labels(table.column(label_column("32x64")), "32x64")[rows].copy()).long()
+    photos = torch.from_numpy(decode_photos(table.column(photo_column("32x64")), "32x64")[rows].copy())
     onehot, real = one_hot(labels, NUM_CLASSES), photos.permute(0, 3, 1, 2).float()
     torch.manual_seed(SEED)
     model = CRN(make_config("crn-tiny", NUM_CLASSES, K))
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(SEED)
-    loss_fn = CRNLoss(VGG19Features("random"), LAYER_WEIGHTS["cityscapes-256p"])
+    loss_fn = CRNLoss(VGG19Features("random"), LAYER_WEIGHTS["uncalibrated"])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss, _ = loss_fn(model(onehot), real, onehot)
     loss.backward()
@@ -224,12 +234,24 @@ def test_the_loss_falls_on_the_toy_data(short_run):
 
 
 def test_layer_weights_are_recalibrated_from_the_measured_terms(short_run):
+    """Random VGG weights start from the uncalibrated row; after epoch 2 each VGG layer weight
+    is divided by its term's mean over that epoch's 4 steps (each step's term is the plain
+    mean L1 of the layer, logged under the layer's name)."""
     client = MlflowClient()
-    means = [np.mean([m.value for m in client.get_metric_history(short_run.run_id, f"layer{i}") if 5 <= m.step <= 8])
-             for i in range(6)]
-    expected = recalibrate(LAYER_WEIGHTS["cityscapes-256p"], means)
+    means = [np.mean([m.value for m in client.get_metric_history(short_run.run_id, name) if 5 <= m.step <= 8])
+             for name in LAYER_NAMES]
+    expected = recalibrate(LAYER_WEIGHTS["uncalibrated"], means)
     np.testing.assert_allclose(checkpoint_of(short_run)["loss_weights"], expected, rtol=1e-6)
-    assert short_run.final["loss_weights"] != list(LAYER_WEIGHTS["cityscapes-256p"])
+    assert short_run.final["loss_weights"] != list(LAYER_WEIGHTS["uncalibrated"])
+    # The run logs the measured means and the new weights at the step that closed epoch 2.
+    for name, mean, weight in zip(LAYER_NAMES, means, expected):
+        [logged] = client.get_metric_history(short_run.run_id, f"recalibration.{name}")
+        assert logged.step == 8 and logged.value == pytest.approx(mean, rel=1e-6)
+        [logged] = client.get_metric_history(short_run.run_id, f"layer_weight.{name}")
+        assert logged.value == pytest.approx(weight, rel=1e-6)
+    tags = client.get_run(short_run.run_id).data.tags
+    np.testing.assert_allclose(json.loads(tags["crn.recalibration_means"]), means, rtol=1e-6)
+    assert "start from uncalibrated" in tags["crn.layer_weights_rule"]
 
 
 @pytest.mark.slow
@@ -264,7 +286,9 @@ def test_mlflow_holds_config_metrics_images_and_the_registered_candidate(short_r
     assert run.data.params["preset"] == "crn-tiny" and run.data.params["vgg_weights"] == "random"
     assert run.data.params["model.widths"] == "[64, 64, 64, 64]"
     assert run.data.tags["crn.vgg_weights"] == "random"
-    assert {"loss", "layer0", "layer5", "steps_per_s", "samples_per_s"} <= set(run.data.metrics)
+    assert {"loss", *LAYER_NAMES, "steps_per_s", "samples_per_s"} <= set(run.data.metrics)
+    assert not {f"layer{i}" for i in range(6)} & set(run.data.metrics), "terms are named by VGG layer"
+    assert run.data.tags["crn.vgg_input"] == "torchvision" and run.data.params["loss_weights"] == "uncalibrated"
     # The records a user of MLflow expects: a description, the code's commit, the machine's
     # load, the store as the dataset input (by its fingerprint), and the epochs that ran.
     assert "crn-tiny (32x64, K=2) on " in run.data.tags["mlflow.note.content"]
@@ -306,3 +330,108 @@ def test_a_registered_model_seeds_the_next_stage(short_run, toy_store):
     for key, value in plan.init_weights.items():
         assert torch.equal(value, registered[key])
     assert mlflow.active_run() is None
+
+
+# ---------------------------------------------------------------- the recipe's stages and data sets
+
+
+def chain_argv(store, *extra: str) -> list[str]:
+    return ["--store", str(store), "--vgg-weights", "random", "--threads-per-worker", "1", "--experiment", EXPERIMENT,
+            "--image-every", "0", "--seed", str(SEED), "--batch-size", "2", *extra]
+
+
+@pytest.mark.parametrize("preset", ["crn-512p", "crn-1024p", "crn-chain-32p"])
+def test_a_higher_stage_without_its_lower_stage_is_a_one_line_error(toy_store, capsys, preset):
+    code = entrypoint(train_main)(chain_argv(toy_store, "--preset", preset))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--init-from" in err[0] and "--from-scratch" in err[0], err
+    assert f"--preset {preset} starts from a " in err[0]
+
+
+def test_a_lower_stage_of_the_wrong_size_is_refused(tmp_path, toy_store, capsys):
+    earlier = CRN(make_config("crn-chain-16p", NUM_CLASSES))  # crn-chain-64p starts from crn-chain-32p
+    path = tmp_path / "chain-16p.pt"
+    save_checkpoint(path, make_checkpoint(earlier, optimizer=None, step=1, epoch=1, loss_weights=[1.0] * 6,
+                                          label_schema=load_schema("cityscapes").to_dict()))
+    code = entrypoint(train_main)(chain_argv(toy_store, "--preset", "crn-chain-64p", "--init-from", str(path)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "has modules 4x8, 8x16, 16x32; this stage starts from a crn-chain-32p model with modules " \
+           "4x8, 8x16, 16x32, 32x64" in err[0]
+    plan = make_plan(config_from_argv(chain_argv(toy_store, "--preset", "crn-chain-32p", "--init-from", str(path))))
+    assert {key.split(".")[1] for key in plan.init_weights} == {"4x8", "8x16", "16x32"}
+    assert plan.train_modules == ["4x8", "8x16", "16x32", "32x64", "head"]
+
+
+@pytest.mark.slow
+def test_progressive_runs_every_stage_from_the_one_below_and_resumes(toy_store, ray_session):
+    """The scaled-down chain crn-chain-16p -> 32p -> 64p (2 steps each): each stage registered,
+    each started from the registered stage below (not its head); the top stage trains only
+    its two top modules and the head. Running the 2-stage command first and then the 3-stage
+    one shows a re-run picking up after the last finished stage."""
+    name = unique("chain")
+    first = run_progression(config_from_argv(chain_argv(toy_store, "--preset", "crn-chain-32p", "--progressive",
+                                                        "--steps", "2", "--run-name", name, "--model-name", name)))
+    assert [(s.preset, s.trained) for s in first] == [("crn-chain-16p", True), ("crn-chain-32p", True)]
+    outcomes = run_progression(config_from_argv(chain_argv(toy_store, "--preset", "crn-chain-64p", "--progressive",
+                                                           "--steps", "2", "--run-name", name, "--model-name", name)))
+    assert [(s.preset, s.trained) for s in outcomes] == [("crn-chain-16p", False), ("crn-chain-32p", False),
+                                                          ("crn-chain-64p", True)]
+    assert [s.model_uri for s in outcomes[:2]] == [s.model_uri for s in first]
+    models = [load_model(s.model_uri) for s in outcomes]
+    assert [m.checkpoint["step"] for m in models] == [2, 2, 2]
+    stage_16, stage_32, stage_64 = (m.model.state_dict() for m in models)
+    client = MlflowClient()
+    params = client.get_run(outcomes[1].run_id).data.params
+    assert params["init_from"] == outcomes[0].model_uri and params["model.train_modules"] == "4x8,8x16,16x32,32x64,head"
+    assert params["model.init_modules"] == "3"
+    params = client.get_run(outcomes[2].run_id).data.params
+    assert params["init_from"] == outcomes[1].model_uri and params["model.train_modules"] == "32x64,64x128,head"
+    for key, value in stage_64.items():
+        module = key.split(".")[1]
+        if module in ("4x8", "8x16", "16x32"):  # taken over from 32p and frozen
+            assert torch.equal(value, stage_32[key]), key
+        elif module == "32x64":  # taken over from 32p, then trained
+            assert value.shape == stage_32[key].shape and not torch.equal(value, stage_32[key]), key
+    assert stage_64["head.weight"].shape == (3, 4, 1, 1) and stage_32["head.weight"].shape == (3, 16, 1, 1)
+    # 32p took over 16p's modules before training them all.
+    assert any(not torch.equal(stage_32[k], stage_16[k]) for k in stage_16 if k.startswith("modules_by_res.4x8."))
+
+
+@pytest.fixture(scope="module")
+def gta5_store(tmp_path_factory, ray_session):
+    """Two toy scenes at 256x512 in the GTA5 layout (train/images, train/labels as colours)."""
+    from pipeline.data.preprocess import parse_preprocess_config, run
+    from pipeline.data.toy import generate_toy_dataset
+
+    root = tmp_path_factory.mktemp("gta5")
+    generate_toy_dataset(root / "drawn", num_train=2, num_val=0, seed=5, size=(256, 512))
+    for kind in ("images", "labels"):
+        (root / "source" / "train" / kind).mkdir(parents=True)
+    for index, photo in enumerate(sorted((root / "drawn" / "leftImg8bit" / "train").glob("*/*.png"))):
+        label = next((root / "drawn" / "gtFine" / "train").glob(f"*/{photo.name[:-len('_leftImg8bit.png')]}"
+                                                                 f"_gtFine_color.png"))
+        shutil.copy(photo, root / "source" / "train" / "images" / f"{index:05d}.png")
+        shutil.copy(label, root / "source" / "train" / "labels" / f"{index:05d}.png")
+    run(parse_preprocess_config(["--source", str(root / "source"), "--out", str(root / "store"),
+                                 "--format", "gta5", "--resolutions", "256x512"]))
+    return root / "store"
+
+
+def test_a_gta5_store_gets_the_gta5_row(gta5_store, capsys):
+    """crn-spec.md 3.2: GTA_Diversity_256p.py's own row, picked from the store's source format.
+    With random (torchvision-layout) VGG weights it is not the starting row: the plan says so."""
+    assert open_store(gta5_store).manifest["source"]["format"] == "gta5"
+    plan = make_plan(config_from_argv(["--store", str(gta5_store), "--preset", "crn-256p", "--vgg-weights", "random"]))
+    assert plan.recipe.loss_weights == "gta5-256p" and plan.train_samples == 2
+    described = plan.describe()
+    assert described["recipe.dataset"] == "gta5" and described["recipe.loss_weights"] == "gta5-256p"
+    assert (plan.config.loss_weights, plan.config.recalibrate_after_epoch) == ("uncalibrated", 1)
+    assert "gta5-256p belongs to the authors' MatConvNet VGG-19" in described["loss.layer_weights_rule"]
+    assert entrypoint(train_main)(["--store", str(gta5_store), "--preset", "crn-256p", "--vgg-weights", "random",
+                                   "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["resolved"]["recipe.loss_weights"] == "gta5-256p"
+    assert printed["resolved"]["loss.layer_weights_rule"] == described["loss.layer_weights_rule"]
+    assert {(r["preset"], r["dataset"]) for r in printed["recipe_table"]} >= {("crn-256p", "gta5"),
+                                                                              ("crn-256p", "cityscapes")}

@@ -28,8 +28,8 @@ from pipeline.options import build_parser, from_dict, to_dict
 from pipeline.training import stages as train_stages
 from pipeline.training.config import TrainConfig, resolve
 from pipeline.training.config import parse_train_config as config_from_argv
-from pipeline.training.loop import epoch_seed, train_step
-from pipeline.training.recipe import recipe_for, recipe_table
+from pipeline.training.loop import prefetched, train_step
+from pipeline.training.recipe import layer_weights_choice, recipe_for, recipe_table, stage_chain
 from pipeline.training.tracking import average_over_ranks, progress_line
 from pipeline.visualize import colorize, image_grid, schema_palette
 
@@ -50,35 +50,59 @@ def tiny_batch(seed: int, batch: int = 2, size=(32, 64)):
 
 
 def test_resolve_fills_recipe_defaults_and_a_stable_run_name(tmp_path):
-    config = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p"]))
+    config = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p"]), "cityscapes", "caffe")
     assert (str(config.resolution), config.num_outputs, config.epochs) == ("256x512", 9, 200)
     assert config.loss_weights == "cityscapes-256p" and config.lr == 1e-4 and config.batch_size == 1
-    config_512 = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-512p"]))
+    config_512 = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-512p"]), "cityscapes", "caffe")
     assert (config_512.num_outputs, config_512.epochs, config_512.loss_weights) == (1, 20, "cityscapes-512p")
-    again = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p", "--log-every", "7"]))
+    again = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p", "--log-every", "7"]),
+                    "cityscapes", "caffe")
     assert again.run_name == config.run_name, "operational flags must not change the run (resume key)"
-    other = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p", "--seed", "1"]))
+    other = resolve(config_from_argv(["--store", str(tmp_path), "--preset", "crn-256p", "--seed", "1"]),
+                    "cityscapes", "caffe")
     assert other.run_name != config.run_name
 
 
 def test_the_recipe_table_picks_rows_by_preset_and_data_set(tmp_path):
     """crn-spec.md 3.2 and 4: GTA5 has its own 256p row; 512p and 1024p start from the stage below."""
     argv = ["--store", str(tmp_path), "--preset", "crn-256p"]
-    assert resolve(config_from_argv(argv), "gta5").loss_weights == "gta5-256p"
-    assert resolve(config_from_argv(argv), "cityscapes").loss_weights == "cityscapes-256p"
-    assert resolve(config_from_argv(argv), "paired").loss_weights == "cityscapes-256p"
-    assert resolve(config_from_argv(argv + ["--loss-weights", "uncalibrated"]), "gta5").loss_weights == "uncalibrated"
+    assert resolve(config_from_argv(argv), "gta5", "caffe").loss_weights == "gta5-256p"
+    assert resolve(config_from_argv(argv), "cityscapes", "caffe").loss_weights == "cityscapes-256p"
+    assert resolve(config_from_argv(argv), "paired", "caffe").loss_weights == "cityscapes-256p"
+    named = resolve(config_from_argv(argv + ["--loss-weights", "uncalibrated"]), "gta5", "caffe")
+    assert (named.loss_weights, named.recalibrate_after_epoch) == ("uncalibrated", 1)
     row_1024 = recipe_for("crn-1024p", "cityscapes")
     assert (row_1024.epochs, row_1024.loss_weights, row_1024.starts_from) == (5, "cityscapes-512p", "crn-512p")
     assert recipe_for("crn-512p", "gta5").starts_from == "crn-256p"
+    assert [row.preset for row in stage_chain("crn-1024p", "cityscapes")] == ["crn-256p", "crn-512p", "crn-1024p"]
+    assert [row.preset for row in stage_chain("crn-256p", "gta5")] == ["crn-256p"]
     # The recipe's trained modules belong to its stage: from scratch, everything learns.
     argv_1024 = ["--store", str(tmp_path), "--preset", "crn-1024p"]
-    assert resolve(config_from_argv(argv_1024)).train_modules == "all"
-    staged = resolve(config_from_argv(argv_1024 + ["--init-from", "models:/crn-512p@champion"]))
+    assert resolve(config_from_argv(argv_1024 + ["--from-scratch"]), "*", "caffe").train_modules == "all"
+    staged = resolve(config_from_argv(argv_1024 + ["--init-from", "models:/crn-512p@champion"]), "*", "caffe")
     assert staged.train_modules == "512x1024,1024x2048,head"
     table = recipe_table()
     assert {row["preset"] for row in table} == set(PRESETS)
     assert next(r for r in table if r["preset"] == "crn-256p")["widths"] == [1024] * 5 + [512, 512]
+
+
+def test_default_layer_weights_follow_the_loss_networks_input_convention(tmp_path):
+    """crn-spec.md 3.3: the published rows belong to the MatConvNet network ("caffe" input);
+    torchvision-layout or random weights start uncalibrated and recalibrate after epoch 1.
+    A row the user names is kept; an explicit --recalibrate-after-epoch wins."""
+    argv = ["--store", str(tmp_path), "--preset", "crn-256p"]
+    for dataset, row in (("gta5", "gta5-256p"), ("cityscapes", "cityscapes-256p")):
+        caffe = resolve(config_from_argv(argv), dataset, "caffe")
+        assert (caffe.loss_weights, caffe.recalibrate_after_epoch) == (row, 0)
+        torchvision = resolve(config_from_argv(argv), dataset, "torchvision")
+        assert (torchvision.loss_weights, torchvision.recalibrate_after_epoch) == ("uncalibrated", 1)
+        assert torchvision.run_name != caffe.run_name
+    named = resolve(config_from_argv(argv + ["--loss-weights", "gta5-256p"]), "cityscapes", "torchvision")
+    assert (named.loss_weights, named.recalibrate_after_epoch) == ("gta5-256p", 0)
+    later = resolve(config_from_argv(argv + ["--recalibrate-after-epoch", "100"]), "cityscapes", "torchvision")
+    assert (later.loss_weights, later.recalibrate_after_epoch) == ("uncalibrated", 100)
+    rule = layer_weights_choice(recipe_for("crn-256p", "gta5"), "torchvision").rule
+    assert "gta5-256p belongs to the authors' MatConvNet VGG-19" in rule and "epoch 1" in rule
 
 
 def test_every_option_is_declared_once_and_parsed_at_the_edge(tmp_path):
@@ -131,6 +155,35 @@ def test_earlier_stage_gives_shared_modules_but_never_the_head():
     assert not any(key.startswith("head.") for key in carried)
 
 
+def test_the_papers_stages_by_parameter_count_and_shape():
+    """crn-spec.md 4 on the full presets, on the meta device (never trained here): 512p takes
+    over all seven 256p modules but not the head; 1024p from 512p trains only M_7, M_8 and
+    the head: 760,832 + 51,968 + 99 = 812,899 of its 98,674,531 parameters."""
+    with torch.device("meta"):
+        model_256 = CRN(make_config("crn-256p", L))
+        model_512 = CRN(make_config("crn-512p", L))
+        model_1024 = CRN(make_config("crn-1024p", L))
+    carried = train_stages.earlier_stage_weights(model_256.state_dict(), model_512.config, "256p")
+    train_stages.check_lower_stage(carried, model_512.config, "crn-256p", "256p")
+    assert {k.split(".")[1] for k in carried} == {str(r) for r in model_256.config.resolutions}
+    head_256 = sum(p.numel() for p in model_256.head.parameters())
+    assert sum(v.numel() for v in carried.values()) == 97_875_483 - head_256
+    assert model_256.head.weight.shape == (27, 512, 1, 1) and model_512.head.weight.shape == (3, 128, 1, 1)
+
+    carried = train_stages.earlier_stage_weights(model_512.state_dict(), model_1024.config, "512p")
+    train_stages.check_lower_stage(carried, model_1024.config, "crn-512p", "512p")
+    with pytest.raises(UserError, match="this stage starts from a crn-512p model"):
+        train_stages.check_lower_stage(train_stages.earlier_stage_weights(model_256.state_dict(), model_1024.config,
+                                                                          "256p"), model_1024.config, "crn-512p", "256p")
+    trained = train_stages.parse_train_modules(recipe_for("crn-1024p", "cityscapes").train_modules, model_1024.config)
+    train_stages.freeze_all_but(model_1024, trained)
+    learning = {name.split(".")[0] if name.startswith("head") else name.split(".")[1]
+                for name, p in model_1024.named_parameters() if p.requires_grad}
+    assert learning == {"512x1024", "1024x2048", "head"}
+    assert sum(p.numel() for p in train_stages.trainable_parameters(model_1024)) == 812_899
+    assert sum(p.numel() for p in model_1024.parameters()) == 98_674_531
+
+
 def test_earlier_stage_with_other_classes_or_widths_is_refused():
     earlier = CRN(CRNConfig(num_classes=L + 1, widths=(64, 64, 64), num_outputs=2))
     with pytest.raises(UserError, match="modules_by_res.4x8.conv1.weight has shape"):
@@ -170,7 +223,7 @@ def test_bf16_step_is_close_to_fp32_and_updates_the_model():
         before = model.head.weight.detach().clone()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         losses[precision], terms, fake = train_step(model, loss_fn, optimizer, onehot, photos, precision)
-        assert fake.shape == (1, 2, 3, 16, 32) and set(terms) == {f"layer{i}" for i in range(6)}
+        assert fake.shape == (1, 2, 3, 16, 32) and set(terms) == {"image", "relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2"}
         assert not torch.equal(model.head.weight, before)
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
@@ -178,16 +231,27 @@ def test_bf16_step_is_close_to_fp32_and_updates_the_model():
 # ---------------------------------------------------------------- data order and metrics
 
 
-def test_epoch_seeds_differ_by_epoch_and_rank_and_repeat():
-    seeds = {(e, r): epoch_seed(0, e, r) for e in range(3) for r in range(2)}
-    assert len(set(seeds.values())) == 6
-    assert epoch_seed(0, 1, 1) == seeds[(1, 1)]
+def test_prefetching_reads_each_batch_once_in_order():
+    reads = []
+
+    def read(rows):
+        reads.append(list(rows))
+        return {"rows": list(rows)}
+
+    batches = [[3, 1], [0, 2], [5, 4]]
+    assert [b["rows"] for b in prefetched(read, batches)] == batches
+    assert reads == batches
+    reads.clear()
+    for batch in prefetched(read, batches):  # stopping early reads at most one batch ahead
+        break
+    assert reads in ([[3, 1]], [[3, 1], [0, 2]])
+    assert list(prefetched(read, [])) == []
 
 
 def test_per_step_metrics_are_averaged_over_ranks():
-    rank0 = {"history": [{"step": 1, "loss": 2.0, "layer0": 1.0}, {"step": 2, "loss": 4.0, "layer0": 3.0}]}
-    rank1 = {"history": [{"step": 1, "loss": 4.0, "layer0": 2.0}, {"step": 2, "loss": 8.0, "layer0": 5.0}]}
-    assert average_over_ranks([rank0, rank1]) == {1: {"loss": 3.0, "layer0": 1.5}, 2: {"loss": 6.0, "layer0": 4.0}}
+    rank0 = {"history": [{"step": 1, "loss": 2.0, "relu1_2": 1.0}, {"step": 2, "loss": 4.0, "relu1_2": 3.0}]}
+    rank1 = {"history": [{"step": 1, "loss": 4.0, "relu1_2": 2.0}, {"step": 2, "loss": 8.0, "relu1_2": 5.0}]}
+    assert average_over_ranks([rank0, rank1]) == {1: {"loss": 3.0, "relu1_2": 1.5}, 2: {"loss": 6.0, "relu1_2": 4.0}}
 
 
 # ---------------------------------------------------------------- pictures

@@ -12,7 +12,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import vgg19
 
-from crn.vgg import IMAGENET_MEAN_RGB, VGG19Features, VGGWeightsError, imagenet_cache_path
+from torchvision.models import VGG19_Weights
+from torchvision.transforms.functional import normalize
+
+from crn.vgg import IMAGENET_MEAN_RGB, VGG19Features, VGGWeightsError, imagenet_cache_path, input_convention_for
 
 # torchvision's configuration "E" (VGG-19): conv widths and "M" for the pooling layers.
 VGG19_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -49,7 +52,8 @@ def weight_files(tmp_path_factory, torchvision_features_state):
 
 
 def reference_features(state: dict, rgb: torch.Tensor) -> list[torch.Tensor]:
-    """The authors' build_vgg19, written out: conv+relu, average pooling, taps after conv_2."""
+    """The authors' build_vgg19 (MatConvNet weights, the "caffe" input convention), written
+    out: 0..255 minus the mean, conv+relu, average pooling, taps after conv_2."""
     conv_keys = sorted({int(k.split(".")[0]) for k in state})
     x = rgb - torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1)
     taps = [x]
@@ -68,9 +72,55 @@ def reference_features(state: dict, rgb: torch.Tensor) -> list[torch.Tensor]:
     return taps
 
 
+def torchvision_reference(state: dict, rgb: torch.Tensor) -> list[torch.Tensor]:
+    """torchvision's own vgg19 (its max pooling swapped for average pooling, as the authors
+    did) on torchvision's documented ImageNet transform of the image: x / 255, normalised
+    with the mean and std of VGG19_Weights.IMAGENET1K_V1.transforms()."""
+    model = vgg19(weights=None)
+    model.features.load_state_dict(state)
+    layers = [torch.nn.AvgPool2d(2, 2) if isinstance(m, torch.nn.MaxPool2d) else m for m in model.features]
+    transform = VGG19_Weights.IMAGENET1K_V1.transforms()
+    x = normalize(rgb / 255.0, mean=transform.mean, std=transform.std)
+    taps = []
+    with torch.no_grad():
+        for index, layer in enumerate(layers[:32]):
+            x = layer(x)
+            if index in (3, 8, 13, 22, 31):  # relu1_2 .. relu5_2
+                taps.append(x)
+    return taps
+
+
 @pytest.mark.parametrize("form", ["features", "full"])
-def test_features_match_the_authors_network_with_weights_from_a_file(form, weight_files, torchvision_features_state):
+def test_torchvision_weights_see_torchvisions_normalisation(form, weight_files, torchvision_features_state):
+    """crn-spec.md 3: with torchvision-layout weights, layers 1..5 are torchvision's own
+    features of the normalised image; layer 0 is the image minus the mean on 0..255."""
     vgg = VGG19Features(str(weight_files[form]))
+    assert vgg.input_convention == "torchvision" == input_convention_for(str(weight_files[form]))
+    torch.manual_seed(1)
+    rgb = torch.rand(2, 3, 32, 64) * 255
+    with torch.no_grad():
+        features = vgg(rgb)
+    assert torch.equal(features[0], rgb - torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1))
+    for name, got, want in zip(("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2"), features[1:],
+                               torchvision_reference(torchvision_features_state, rgb)):
+        assert got.shape == want.shape, name
+        # relative to the layer's scale: 1e-5
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item(), msg=name)
+    # The old input (0..255 minus the mean into torchvision weights) is far from it.
+    caffe = VGG19Features(str(weight_files[form]), input_convention="caffe")
+    with torch.no_grad():
+        assert not torch.allclose(caffe(rgb)[1], features[1], rtol=0.1)
+    assert VGG19Features("random").input_convention == "torchvision"
+
+
+def test_unknown_input_convention_is_refused():
+    with pytest.raises(ValueError, match="input convention 'bgr' is not one of torchvision, caffe"):
+        VGG19Features("random", input_convention="bgr")
+
+
+@pytest.mark.parametrize("form", ["features", "full"])
+def test_caffe_convention_matches_the_authors_network(form, weight_files, torchvision_features_state):
+    vgg = VGG19Features(str(weight_files[form]), input_convention="caffe")
     assert vgg.weights_source == f"file:{weight_files[form].resolve()}"
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in vgg.modules())
     torch.manual_seed(0)

@@ -4,9 +4,10 @@
     config = parse_train_config([...])     # the same, as jobs/train.py calls it
 
 Defaults follow the published recipe (pipeline.training.recipe, crn-spec.md section 4): Adam
-at 1e-4, batch 1, the preset's K, the recipe's epochs and layer weights for the preset and the
-store's data set. Fields left at "auto" or 0 are filled in by `resolve()` (and the recipe's
-by the plan, which knows the store); `--dry-run` prints the result.
+at 1e-4, batch 1, the preset's K, the recipe's epochs, layer weights fit for the loss
+network's weights (`recipe.layer_weights_choice`), and the lower stage to start from. Fields
+left at "auto", 0 or unset are filled in by `resolve()`, which the plan calls with the
+store's data set and the loss network's input convention; `--dry-run` prints the result.
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from crn.presets import PRESETS, make_config
 from crn.resolution import Resolution
 from pipeline.options import at_least, from_argv, identity_of, non_negative, option, positive, to_dict
 from pipeline.runtime import work_dir
-from pipeline.training.recipe import ALL_MODULES, ANY_DATASET, recipe_for
+from pipeline.errors import UserError
+from pipeline.training.recipe import ALL_MODULES, layer_weights_choice, recipe_for
 
 PRECISIONS = ("fp32", "bf16")
-CACHE_CHOICES = ("auto", "yes", "no")
 AUTO = "auto"
 
 @dataclass
@@ -50,28 +51,35 @@ class TrainConfig:
                             "0 = the recipe's", check=non_negative, identity=True)
     lr: float = option(1e-4, "Adam learning rate (constant)", check=positive, identity=True)
     seed: int = option(0, "seed for initialisation and shuffling", identity=True)
-    shuffle_buffer: int = option(64, "rows in each worker's local shuffle buffer (reshuffled every epoch); "
-                                     "0 = no shuffling", check=non_negative, identity=True)
-    cache_data: str = option(AUTO, "hold the decoded training data in Ray's object store across epochs instead of "
-                                   "re-reading the store every epoch; auto = when the run spans several epochs and "
-                                   "the data takes at most a quarter of the object store", choices=CACHE_CHOICES)
+    row_cache_mb: int = option(256, "MiB of decoded store row groups each worker keeps (rows are read by index in "
+                                    "a fresh order every epoch; a data set that fits is read once)",
+                               check=non_negative)
     # --- loss ---
-    loss_weights: str = option(AUTO, "VGG layer weights (crn-spec.md 3.2); auto = the recipe's row for the preset "
-                                     "and the store's data set", choices=[AUTO, *LAYER_WEIGHTS], identity=True)
+    loss_weights: str = option(AUTO, "VGG layer weights to start from (crn-spec.md 3.2); auto = the recipe's published "
+                                     "row with the authors' MatConvNet VGG weights, the uncalibrated row (recalibrated "
+                                     "after epoch 1) with torchvision-layout or random weights",
+                               choices=[AUTO, *LAYER_WEIGHTS], identity=True)
     vgg_weights: str = option("imagenet", "loss network weights: imagenet (torchvision cache, never downloaded), "
                                           "a .pth file, the authors' imagenet-vgg-verydeep-19.mat, or random",
                               identity=True)
-    recalibrate_after_epoch: int = option(0, "after this epoch, divide each layer weight by its mean term over that "
-                                             "epoch (spec 3.3); 0 = never", check=non_negative, identity=True)
+    recalibrate_after_epoch: int | None = option(None, "after this epoch, divide each layer weight by its mean term "
+                                                       "over that epoch (spec 3.3); 0 = never; default: 1 when the "
+                                                       "layer weights start uncalibrated, else never",
+                                                 check=non_negative, identity=True)
     # --- memory ---
     precision: str = option("fp32", "bf16 = bfloat16 autocast", choices=PRECISIONS, identity=True)
     activation_checkpointing: bool = option(False, "recompute each refinement module's activations in the "
                                                    "backward pass (less memory)")
     # --- progressive stages ---
-    init_from: str = option("", "progressive stage: start from this checkpoint file or models:/ URI "
-                                "(matching modules only); empty = from scratch", identity=True)
+    init_from: str = option("", "progressive stage: start from this lower-stage checkpoint file or models:/ URI "
+                                "(its refinement modules, never its head); required for a preset whose recipe starts "
+                                "from a lower stage (crn-512p, crn-1024p) unless --from-scratch", identity=True)
+    from_scratch: bool = option(False, "train a preset whose recipe starts from a lower stage from scratch instead",
+                                identity=True)
     train_modules: str = option(AUTO, "comma list of modules that learn, e.g. 512x1024,1024x2048,head; all = every "
                                       "module; auto = the recipe's with --init-from, else all", identity=True)
+    progressive: bool = option(False, "run the recipe's whole chain of stages up to --preset (crn-256p, crn-512p, "
+                                      "crn-1024p), each from the one below, each registered; re-running resumes")
     # --- checkpoints, tracking, faults ---
     run_name: str = option(AUTO, "Ray Train run name; re-running with the same name resumes; auto = from the config")
     storage_path: str = option(AUTO, "folder or s3:// prefix for runs and checkpoints; auto = <work dir>/ray_results")
@@ -86,6 +94,12 @@ class TrainConfig:
     model_name: str = option(AUTO, "registered model name; auto = crn-<dataset>-<HxW>")
     alias: str = option("candidate", "alias the new registered version gets")
     dry_run: bool = option(False, "print the resolved configuration and the recipe table, then exit")
+
+    def check(self) -> None:
+        if self.init_from and self.from_scratch:
+            raise UserError("--init-from and --from-scratch contradict each other: give one")
+        if self.progressive and (self.init_from or self.from_scratch):
+            raise UserError("--progressive trains every stage from the one below: drop --init-from/--from-scratch")
 
     def identity(self) -> dict:
         """The fields marked identity=True: they change what a run computes. The default run
@@ -104,9 +118,11 @@ def parse_train_config(argv: Sequence[str] | None) -> TrainConfig:
                                  "register the model.")
 
 
-def resolve(config: TrainConfig, dataset: str = ANY_DATASET) -> TrainConfig:
+def resolve(config: TrainConfig, dataset: str, vgg_convention: str) -> TrainConfig:
     """Fill in every "auto" and 0-means-default field from the preset and the recipe row for
-    `dataset` (the store's source format); the result is what the run records."""
+    `dataset` (the store's source format); the layer weights also depend on the loss
+    network's input convention (crn.vgg: "torchvision" or "caffe"). The result is what the
+    run records."""
     preset = make_config(config.preset, num_classes=1)
     recipe = recipe_for(config.preset, dataset)
     resolved = dataclasses.replace(config)
@@ -117,7 +133,10 @@ def resolve(config: TrainConfig, dataset: str = ANY_DATASET) -> TrainConfig:
     if resolved.epochs == 0:
         resolved.epochs = recipe.epochs
     if resolved.loss_weights == AUTO:
-        resolved.loss_weights = recipe.loss_weights
+        resolved.loss_weights = layer_weights_choice(recipe, vgg_convention).start
+    if resolved.recalibrate_after_epoch is None:
+        resolved.recalibrate_after_epoch = layer_weights_choice(recipe, vgg_convention,
+                                                                resolved.loss_weights).recalibrate_after_epoch
     if resolved.train_modules == AUTO:
         # The recipe's trained modules belong to its stage: a model that starts from scratch learns everything.
         resolved.train_modules = recipe.train_modules if resolved.init_from else ALL_MODULES

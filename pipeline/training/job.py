@@ -4,33 +4,34 @@
 
 In order:
 1. The plan (pipeline.training.plan): every check that needs no worker, and the recipe row.
-   Then the Ray cluster must have the CPUs (and GPUs) the workers ask for, with at least one
-   CPU left for Ray Data.
+   Then the Ray cluster must have the CPUs (and GPUs) the workers ask for.
 2. The MLflow run: resumed if an earlier attempt of this Ray Train run left one, else new;
    the whole config as params (pipeline.training.tracking).
 3. `TorchTrainer.fit()`: the loop of pipeline.training.loop on every worker, DDP (gloo on
-   CPU, NCCL on GPUs), the store's training rows as Ray Data shards (held decoded in the
-   object store when they fit, `--cache-data`), checkpoints in `<storage>/<run name>/`.
+   CPU, NCCL on GPUs); each worker reads its rows of every epoch's permutation from the
+   store by index (pipeline.training.order, pipeline.data.rows); checkpoints in
+   `<storage>/<run name>/`.
    The same command (same run name) resumes from the latest checkpoint; a lost worker
    restarts the group from it, up to `--max-failures` times.
 4. The final checkpoint is logged to the run and registered as `crn-<dataset>-<HxW>` with
-   the alias `candidate` (pipeline.registry.models).
+   the alias `candidate` (pipeline.registry.models); the final layer weights and any
+   recalibration's measured means become tags.
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.data.store import open_store
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for, is_s3
 from pipeline.records import log_store_input
 from pipeline.runtime import init_ray, tracking_uri
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import CHECKPOINT_FILE, train_loop_per_worker
-from pipeline.training.plan import TRAIN_SPLIT, TrainPlan, make_plan
+from pipeline.training.plan import TrainPlan, make_plan
 
 
 @dataclass
@@ -42,7 +43,7 @@ class TrainOutcome:
 
 
 def check_resources(config: TrainConfig) -> None:
-    """One-line error unless the cluster can hold the workers and still feed them."""
+    """One-line error unless the cluster can hold the workers."""
     import ray
 
     available = ray.cluster_resources()
@@ -51,11 +52,9 @@ def check_resources(config: TrainConfig) -> None:
         raise UserError(f"--use-gpu with {config.num_workers} worker(s) needs {config.num_workers} GPU(s); "
                         f"the Ray cluster has {gpus:g}")
     needed = config.num_workers * config.cpus_per_worker
-    # Ray Data's read and decode tasks need a CPU of their own, or the workers wait forever.
-    if needed + 1 > cpus:
-        raise UserError(f"{config.num_workers} worker(s) x {config.cpus_per_worker:g} CPU plus 1 CPU for Ray Data "
-                        f"need {needed + 1:g} CPUs; the Ray cluster has {cpus:g} "
-                        f"(lower --num-workers or --cpus-per-worker)")
+    if needed > cpus:
+        raise UserError(f"{config.num_workers} worker(s) x {config.cpus_per_worker:g} CPU need {needed:g} CPUs; "
+                        f"the Ray cluster has {cpus:g} (lower --num-workers or --cpus-per-worker)")
 
 
 def warn_if_random_vgg(plan: TrainPlan) -> None:
@@ -66,27 +65,10 @@ def warn_if_random_vgg(plan: TrainPlan) -> None:
               file=sys.stderr)
 
 
-def cache_training_data(plan: TrainPlan) -> bool:
-    """--cache-data: yes, no, or (auto) when the run spans several epochs and the decoded data
-    fits in a quarter of the object store (a single pass reads the store once either way)."""
-    import mlflow
-    import ray
-
-    config = plan.config
-    if config.cache_data == "auto":
-        height, width = plan.model_config.top_resolution
-        data_bytes = plan.train_samples * height * width * 4  # uint8 label + RGB photo
-        cache = config.epochs > 1 and data_bytes <= ray.cluster_resources().get("object_store_memory", 0) / 4
-    else:
-        cache = config.cache_data == "yes"
-    mlflow.set_tag("crn.data_cached", str(cache))
-    return cache
-
-
 def fit(plan: TrainPlan, run_id: str, logged_up_to: int, train_loop: Callable[[dict], dict]):
     """Start the workers and run `train_loop` to the end; returns Ray Train's Result."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.training.tracking import MLflowReports
@@ -96,17 +78,6 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int, train_loop: Callable[[d
     storage_fs, storage_path = (None, config.storage_path)
     if is_s3(config.storage_path):
         storage_fs, storage_path = filesystem_for(config.storage_path)
-    store = open_store(config.store)
-    # Only the pixel columns travel to the workers (sample ids are strings, which torch cannot batch).
-    train_data = store.dataset(TRAIN_SPLIT, config.resolution).select_columns(["label", "photo"])
-    # Preserving Ray Data's order makes the split across ranks the same every epoch and on re-runs.
-    train_data.context.execution_options.preserve_order = True
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True
-    if cache_training_data(plan):
-        # Each epoch re-runs the dataset: from memory that takes a moment, from the store a
-        # read and decode of every sample (many seconds per epoch for a small data set).
-        train_data = train_data.materialize()
     # Earlier-stage weights go through the object store once, not into every worker's config.
     init_ref = ray.put(plan.init_weights) if plan.init_weights else None
     print(f"training: starting {config.num_workers} worker(s); a progress line every {config.log_every} steps "
@@ -127,8 +98,6 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int, train_loop: Callable[[d
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
             callbacks=[MLflowReports(tracking_uri(), run_id, plan.run_dir, logged_up_to, plan.total_steps)],
         ),
-        datasets={TRAIN_SPLIT: train_data},
-        dataset_config=DataConfig(execution_options=ingest),
     )
     return trainer.fit()
 
@@ -158,7 +127,8 @@ def run(config: TrainConfig, train_loop: Callable[[dict], dict] = train_loop_per
         if not resumed:
             log_store_input(plan.config.store, open_store(plan.config.store), TRAIN_SPLIT)
         mlflow.set_tags({"crn.vgg_weights": plan.vgg_source.split(":")[0], "crn.dataset": plan.dataset,
-                         "crn.preset": plan.config.preset})
+                         "crn.preset": plan.config.preset, "crn.vgg_input": plan.vgg_convention,
+                         "crn.layer_weights_rule": plan.layer_weights_rule})
         result = fit(plan, active.info.run_id, logged_up_to, train_loop)
         if result.checkpoint is None:
             raise UserError(f"run {plan.run_dir} ended without a checkpoint")
@@ -170,6 +140,9 @@ def run(config: TrainConfig, train_loop: Callable[[dict], dict] = train_loop_per
                 version = log_and_register(Path(folder) / CHECKPOINT_FILE, plan.config.model_name, plan.config.alias)
         final = result.return_value or {}
         mlflow.set_tags({"crn.final_checkpoint": result.checkpoint.path, "crn.registered_version": version})
+        if "loss_weights" in final:  # a re-run of a finished run has no return value
+            mlflow.set_tags({"crn.final_layer_weights": json.dumps(final["loss_weights"]),
+                             "crn.recalibration_means": json.dumps(final["recalibration_means"])})
     print(f"trained {plan.config.run_name} to step {final.get('step', '?')} (epoch {final.get('epoch', '?')}); "
           f"registered models:/{plan.config.model_name}/{version} as @{plan.config.alias}; "
           f"MLflow run {active.info.run_id}")

@@ -1,23 +1,28 @@
 """The training loop each Ray Train worker runs: plain PyTorch, with Ray only at the edges.
 
-Ray supplies the worker's data shard (`get_dataset_shard`), the checkpoint to resume from
-(`get_checkpoint`), DDP set-up (`prepare_model`) and the channel to the driver (`report`).
-Everything else is the loop of crn-spec.md section 4: one-hot labels, K images, the VGG
-loss, an Adam step.
+Ray supplies the checkpoint to resume from (`get_checkpoint`), DDP set-up (`prepare_model`)
+and the channel to the driver (`report`). Everything else is the loop of crn-spec.md
+section 4: rows in a fresh order, one-hot labels, K images, the VGG loss, an Adam step.
 
-Data order. Ray Train splits the store's training rows into equal, disjoint parts, one per
-rank, with Ray Data's order preserved, so the split is the same every epoch and on every
-re-run (DistributedSampler without shuffling). Each rank reshuffles its part every epoch
-through a local shuffle buffer seeded by (seed, epoch, rank). Every rank therefore sees
-different samples within an epoch, in a new order each epoch, reproducibly. Rows beyond
-`world_size * (rows // world_size)` and a last incomplete batch are dropped, so every rank
-takes the same number of steps.
+Data order (pipeline.training.order). Every epoch is a fresh permutation of all training
+rows, a function of (seed, epoch); each step's global batch is split between the ranks, so
+their parts are disjoint and cover the epoch. Each worker reads its rows by index from the
+store (pipeline.data.rows: one row group per read, an LRU cache of decoded row groups,
+`--row-cache-mb`), the next batch in a background thread while the current step runs.
+Rows beyond `world_size * batch * steps_per_epoch` are left out of that epoch, so every
+rank takes the same number of steps.
 
 Resume. A checkpoint holds the model, Adam's state, the step, the epoch, the batches already
 taken in that epoch, the loss weights (and the per-layer sums gathered for recalibration),
-the label schema and the RNG state. Resuming rebuilds all of it, replays the epoch's
-shuffled order and skips the batches already taken, so a resumed run takes exactly the
-steps an uninterrupted one would have. An epoch is closed (counted, recalibrated) right
+the label schema and the RNG state. Resuming rebuilds all of it, recomputes the epoch's
+order and starts at the first batch not yet taken, so a resumed run takes exactly the
+steps an uninterrupted one would have.
+
+Recalibration (crn-spec.md 3.3, `--recalibrate-after-epoch N`): over epoch N each layer's
+unweighted term (its plain mean L1) is summed; when the epoch closes the sums are averaged
+over its steps and ranks and every VGG layer weight is divided by its layer's mean. The
+means and the new weights are reported with that step (MLflow metrics
+`recalibration.<layer>` and `layer_weight.<layer>`) and kept in the checkpoint. An epoch is closed (counted, recalibrated) right
 after its last batch, before that step's report, so a checkpoint there starts the next.
 The worker count and batch size are fixed for a run (they are part of its default name).
 Rank 0 writes the checkpoints; all ranks report at the same steps (every `log_every` and
@@ -29,7 +34,9 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +50,14 @@ from crn.config import CRNConfig
 from crn.labels import one_hot
 from crn.losses import NUM_LAYERS, CRNLoss, recalibrate
 from crn.model import CRN, to_uint8_images
-from crn.vgg import VGG19Features
+from crn.vgg import LAYER_NAMES, VGG19Features
+from pipeline.data.rows import RowReader
+from pipeline.data.store import open_store
 from pipeline.fs import filesystem_for, uri_join, write_bytes_atomically
 from pipeline.options import from_dict, to_dict
 from pipeline.training import stages
 from pipeline.training.config import TrainConfig
+from pipeline.training.order import TRAIN_SPLIT, rank_batches
 from pipeline.visualize import image_grid, png_bytes, schema_palette
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -69,12 +79,13 @@ class WorkerPlan:
     loss_weights: list[float]  # the recipe's row, before any recalibration
     train_modules: list[str]
     steps_per_epoch: int  # batches each rank takes per epoch, fixed for the run
+    train_samples: int  # rows in the store's training split (the permutation's length)
     run_dir: str  # <storage>/<run name>: image grids go under it
     init_weights: object = None  # ray.ObjectRef of the earlier stage's tensors, or None
 
     def to_dict(self) -> dict:
         return {**{f: getattr(self, f) for f in ("label_schema", "loss_weights", "train_modules", "steps_per_epoch",
-                                                 "run_dir", "init_weights")},
+                                                 "train_samples", "run_dir", "init_weights")},
                 "config": to_dict(self.config), "model_config": self.model_config.to_dict()}
 
     @classmethod
@@ -93,6 +104,7 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of the current epoch already taken
     term_sums: list[float] = field(default_factory=lambda: [0.0] * NUM_LAYERS)  # for recalibration
     term_count: int = 0
+    recalibration_means: list[float] | None = None  # the measured term means, once recalibrated
 
 
 def quiet_report_log() -> None:
@@ -124,50 +136,63 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     resumed_from = state.step
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=device)
     loss_fn = CRNLoss(vgg, state.loss_weights).to(device)
-    shard = ray.train.get_dataset_shard("train")
+    reader = RowReader(open_store(config.store), TRAIN_SPLIT, str(config.resolution),
+                       cache_bytes=config.row_cache_mb * 2**20)
     reports = Reporter(plan, rank, world_size, start_step=state.step)
 
     steps_per_epoch = plan.steps_per_epoch
     while state.epoch < config.epochs and not reached_step_limit(config, state):
-        batches = shard.iter_torch_batches(
-            batch_size=config.batch_size, drop_last=True, device=device,
-            local_shuffle_buffer_size=config.shuffle_buffer or None,
-            local_shuffle_seed=epoch_seed(config.seed, state.epoch, rank),
-        )
-        for index, batch in enumerate(batches):
+        order = rank_batches(plan.train_samples, config.seed, state.epoch, rank, world_size, config.batch_size)
+        assert len(order) == steps_per_epoch, (len(order), steps_per_epoch)
+        # From the first batch not yet taken (a resumed run starts inside its epoch).
+        for batch in prefetched(reader.read, order[state.batch_in_epoch:]):
             if reached_step_limit(config, state):
                 break
-            if index < state.batch_in_epoch:
-                continue  # taken before the checkpoint this run resumed from
-            onehot = one_hot(batch["label"], model.config.num_classes)  # [B, L, H, W]
-            photo = batch["photo"].permute(0, 3, 1, 2).float()  # [B, 3, H, W], 0..255
+            labels = torch.from_numpy(batch["label"]).to(device)  # [B, H, W] class indices
+            onehot = one_hot(labels, model.config.num_classes)  # [B, L, H, W]
+            photo = torch.from_numpy(batch["photo"]).to(device).permute(0, 3, 1, 2).float()  # [B, 3, H, W], 0..255
             loss, terms, fake = train_step(ddp_model, loss_fn, optimizer, onehot, photo, config.precision)
             state.step += 1
             state.batch_in_epoch += 1
             if state.epoch + 1 == config.recalibrate_after_epoch:
-                state.term_sums = [s + terms[f"layer{i}"] for i, s in enumerate(state.term_sums)]
+                state.term_sums = [s + terms[name] for name, s in zip(LAYER_NAMES, state.term_sums)]
                 state.term_count += 1
             reports.record(state.step, loss, terms)
             if rank == 0 and config.image_every and state.step % config.image_every == 0:
-                reports.save_grid(state.step, batch, fake)
+                reports.save_grid(state.step, labels, fake, batch["photo"])
             epoch_done = state.batch_in_epoch == steps_per_epoch
             if epoch_done:  # close the epoch before reporting, so a checkpoint here starts the next one
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 if state.epoch == config.recalibrate_after_epoch:
-                    state.loss_weights = recalibrated_weights(state, device)
+                    state.recalibration_means = measured_term_means(state, device)
+                    state.loss_weights = list(recalibrate(state.loss_weights, state.recalibration_means))
                     loss_fn = CRNLoss(vgg, state.loss_weights).to(device)
+                    reports.note_recalibration(state.recalibration_means, state.loss_weights)
             if state.step % config.log_every == 0 or state.step % config.checkpoint_every == 0:
                 reports.send(state, model, optimizer, with_checkpoint=state.step % config.checkpoint_every == 0)
-            if epoch_done:
-                break
-        else:  # the shard ran dry before the epoch's last batch
-            raise RuntimeError(f"rank {rank} got {state.batch_in_epoch} batches in epoch {state.epoch + 1}, "
-                               f"expected {steps_per_epoch}: the store's manifest and its data disagree")
 
     if reports.last_checkpoint_step != state.step and state.step > resumed_from:
         reports.send(state, model, optimizer, with_checkpoint=True)
     return {"step": state.step, "epoch": state.epoch, "resumed_from_step": resumed_from,
-            "steps_per_s": reports.steady_steps_per_s(), "loss_weights": state.loss_weights}
+            "steps_per_s": reports.steady_steps_per_s(), "loss_weights": state.loss_weights,
+            "recalibration_means": state.recalibration_means, "row_groups_read": reader.groups_read}
+
+
+def prefetched(read: Callable[[Sequence[int]], dict], batches: Sequence[Sequence[int]]) -> Iterator[dict]:
+    """read(batch) for each batch in turn, the next one read in a background thread while the
+    caller works on the current one (pyarrow's decompression runs outside the GIL)."""
+    if len(batches) == 0:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crn-rows") as pool:
+        pending = pool.submit(read, batches[0])
+        try:
+            for following in batches[1:]:
+                current = pending.result()
+                pending = pool.submit(read, following)
+                yield current
+            yield pending.result()
+        finally:
+            pending.cancel()
 
 
 def build_model(plan: WorkerPlan, init_weights: dict | None) -> CRN:
@@ -204,18 +229,12 @@ def reached_step_limit(config: TrainConfig, state: TrainState) -> bool:
     return bool(config.steps) and state.step >= config.steps
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A shuffle seed for each (run seed, epoch, rank), independent of one another."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def recalibrated_weights(state: TrainState, device: torch.device) -> list[float]:
-    """Spec 3.3: divide each layer weight by its mean term over the epoch, averaged over ranks."""
+def measured_term_means(state: TrainState, device: torch.device) -> list[float]:
+    """Spec 3.3: each layer's mean term over the recalibration epoch, averaged over ranks."""
     totals = torch.tensor(state.term_sums + [float(state.term_count)], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
-    means = (totals[:-1] / totals[-1]).tolist()
-    return list(recalibrate(state.loss_weights, means))
+    return (totals[:-1] / totals[-1]).tolist()
 
 
 def restore(checkpoint: ray.train.Checkpoint, model: CRN, optimizer) -> TrainState:
@@ -227,7 +246,7 @@ def restore(checkpoint: ray.train.Checkpoint, model: CRN, optimizer) -> TrainSta
     extra = ckpt["extra"]
     return TrainState(loss_weights=list(ckpt["loss_weights"]), step=ckpt["step"], epoch=ckpt["epoch"],
                       batch_in_epoch=extra["batch_in_epoch"], term_sums=list(extra["term_sums"]),
-                      term_count=extra["term_count"])
+                      term_count=extra["term_count"], recalibration_means=extra.get("recalibration_means"))
 
 
 class Reporter:
@@ -250,16 +269,21 @@ class Reporter:
         if self.steps_seen == WARMUP_STEPS:
             self.warm = self.latest
 
+    def note_recalibration(self, means: list[float], weights: list[float]) -> None:
+        """The measured term means and the new layer weights, logged with the step that closed the epoch."""
+        self.history[-1].update({f"recalibration.{name}": m for name, m in zip(LAYER_NAMES, means)})
+        self.history[-1].update({f"layer_weight.{name}": w for name, w in zip(LAYER_NAMES, weights)})
+
     def steady_steps_per_s(self) -> float:
         """Steps per second after the warm-up steps, reports included (0 if too few steps)."""
         if self.warm is None or self.latest[1] == self.warm[1]:
             return 0.0
         return (self.latest[1] - self.warm[1]) / (self.latest[0] - self.warm[0])
 
-    def save_grid(self, step: int, batch: dict, fake: torch.Tensor) -> None:
+    def save_grid(self, step: int, labels: torch.Tensor, fake: torch.Tensor, photos: np.ndarray) -> None:
         n = min(GRID_SAMPLES, fake.shape[0])
-        grid = image_grid(batch["label"][:n].cpu().numpy(), to_uint8_images(fake[:n].float()).cpu().numpy(),
-                          batch["photo"][:n].cpu().numpy(), schema_palette(self.plan.label_schema))
+        grid = image_grid(labels[:n].cpu().numpy(), to_uint8_images(fake[:n].float()).cpu().numpy(),
+                          photos[:n], schema_palette(self.plan.label_schema))
         self.image = f"images/step_{step:08d}.png"
         fs, path = filesystem_for(uri_join(self.plan.run_dir, self.image))
         write_bytes_atomically(fs, path, png_bytes(grid))
@@ -278,7 +302,8 @@ class Reporter:
             checkpoint = None
             if with_checkpoint and self.rank == 0:
                 extra = {"batch_in_epoch": state.batch_in_epoch, "term_sums": state.term_sums,
-                         "term_count": state.term_count, "config": to_dict(self.config)}
+                         "term_count": state.term_count, "recalibration_means": state.recalibration_means,
+                         "config": to_dict(self.config)}
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, make_checkpoint(
                     model, optimizer=optimizer, step=state.step, epoch=state.epoch,
                     loss_weights=state.loss_weights, label_schema=self.plan.label_schema,

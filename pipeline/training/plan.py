@@ -3,9 +3,11 @@
 Each check is a one-line UserError: the store exists and holds photographs, the resolution
 is in it and is the preset's top resolution, there are enough samples for one step per
 worker, the VGG weights resolve (ImageNet weights must be in torchvision's cache: nothing
-is downloaded), and an earlier stage (`--init-from`) has the store's label schema and
-fitting modules. The recipe row (pipeline.training.recipe) is chosen here, because the
-store names the data set.
+is downloaded), a preset whose recipe starts from a lower stage has one (`--init-from`) or
+is told `--from-scratch`, and that earlier stage has the store's label schema and every
+module of the new model but its top one. The recipe row (pipeline.training.recipe) is
+chosen here, because the store names the data set and the loss network its input
+convention (which decides the default layer weights).
 """
 from __future__ import annotations
 
@@ -23,12 +25,11 @@ from pipeline.data.store import Store, open_store
 from pipeline.errors import UserError
 from pipeline.fs import uri_join
 from pipeline.options import to_dict
-from pipeline.training import stages
+from pipeline.training import order, stages
 from pipeline.training.config import TrainConfig, resolve
 from pipeline.training.loop import WorkerPlan
-from pipeline.training.recipe import Recipe, recipe_for, recipe_table
-
-TRAIN_SPLIT = "train"
+from pipeline.training.order import TRAIN_SPLIT
+from pipeline.training.recipe import Recipe, layer_weights_choice, recipe_for, recipe_table
 
 
 @dataclass
@@ -43,6 +44,8 @@ class TrainPlan:
     steps_per_epoch: int  # per rank, the same on every rank
     train_modules: list[str]
     vgg_source: str
+    vgg_convention: str  # the loss network's input convention (crn.vgg): "torchvision" or "caffe"
+    layer_weights_rule: str  # why these layer weights, and when they are recalibrated
     run_dir: str  # <storage>/<run name>, where Ray Train keeps this run
     init_weights: dict | None  # earlier-stage tensors the new model takes over
     recipe: Recipe  # the recipe row for this preset and data set
@@ -61,7 +64,9 @@ class TrainPlan:
             "data.train_samples": self.train_samples,
             "data.steps_per_epoch": self.steps_per_epoch,
             "loss.layer_weights": list(LAYER_WEIGHTS[self.config.loss_weights]),
+            "loss.layer_weights_rule": self.layer_weights_rule,
             "vgg.weights_source": self.vgg_source,
+            "vgg.input_convention": self.vgg_convention,
             "run_dir": self.run_dir,
             **{f"recipe.{key}": value for key, value in self.recipe.describe().items()},
         }
@@ -77,15 +82,26 @@ class TrainPlan:
         return WorkerPlan(config=self.config, model_config=self.model_config, label_schema=self.label_schema,
                           loss_weights=list(LAYER_WEIGHTS[self.config.loss_weights]),
                           train_modules=self.train_modules, steps_per_epoch=self.steps_per_epoch,
-                          run_dir=self.run_dir, init_weights=init_weights_ref)
+                          train_samples=self.train_samples, run_dir=self.run_dir, init_weights=init_weights_ref)
 
 
 def make_plan(config: TrainConfig) -> TrainPlan:
     """Resolve the config and check everything that can be checked without Ray."""
     store = open_store(config.store)  # StoreError (one line) if missing
     dataset_format = (store.manifest.get("source") or {}).get("format", "")
-    config = resolve(config, dataset_format)
     recipe = recipe_for(config.preset, dataset_format)
+    if recipe.starts_from and not (config.init_from or config.from_scratch):
+        raise UserError(f"--preset {config.preset} starts from a {recipe.starts_from} model (crn-spec.md 4): "
+                        f"pass --init-from <its checkpoint or models:/ URI>, or --from-scratch")
+    try:
+        vgg = VGG19Features(config.vgg_weights)
+    except VGGWeightsError as exc:
+        raise UserError(str(exc)) from None
+    config = resolve(config, dataset_format, vgg.input_convention)
+    choice = layer_weights_choice(recipe, vgg.input_convention, config.loss_weights)
+    rule = choice.rule
+    if config.recalibrate_after_epoch != choice.recalibrate_after_epoch:
+        rule += f"; --recalibrate-after-epoch {config.recalibrate_after_epoch} instead (0 = never)"
     schema = store.schema
     # The preset takes its label channels L from the store's schema; its top resolution is fixed.
     model_config = make_config(config.preset, num_classes=schema.num_classes, num_outputs=config.num_outputs)
@@ -102,14 +118,10 @@ def make_plan(config: TrainConfig) -> TrainPlan:
     if TRAIN_SPLIT not in store.splits:
         raise UserError(f"store {config.store} has no '{TRAIN_SPLIT}' split (it has {', '.join(store.splits)})")
     samples = store.count(TRAIN_SPLIT)
-    steps_per_epoch = samples // config.num_workers // config.batch_size
+    steps_per_epoch = order.steps_per_epoch(samples, config.num_workers, config.batch_size)
     if steps_per_epoch < 1:
         raise UserError(f"store {config.store} has {samples} training samples: too few for "
                         f"{config.num_workers} worker(s) x batch {config.batch_size}")
-    try:
-        vgg_source = VGG19Features(config.vgg_weights).weights_source
-    except VGGWeightsError as exc:
-        raise UserError(str(exc)) from None
     init_weights = None
     if config.init_from:
         from pipeline.registry.models import load_model
@@ -118,6 +130,8 @@ def make_plan(config: TrainConfig) -> TrainPlan:
         check_schema_match(schema.to_dict(), earlier.checkpoint["label_schema"],
                            f"store {config.store} vs --init-from {config.init_from}")
         init_weights = stages.earlier_stage_weights(earlier.model.state_dict(), model_config, config.init_from)
+        if recipe.starts_from:
+            stages.check_lower_stage(init_weights, model_config, recipe.starts_from, config.init_from)
     if config.steps:  # the epochs that actually run, not the recipe's, are what the run records
         config = dataclasses.replace(config, epochs=min(config.epochs, -(-config.steps // steps_per_epoch)))
     dataset = dataset_name(store)
@@ -127,7 +141,8 @@ def make_plan(config: TrainConfig) -> TrainPlan:
         config=config, model_config=model_config, label_schema=schema.to_dict(), dataset=dataset,
         train_samples=samples, steps_per_epoch=steps_per_epoch,
         train_modules=train_modules,
-        vgg_source=vgg_source, run_dir=uri_join(config.storage_path, config.run_name), init_weights=init_weights,
+        vgg_source=vgg.weights_source, vgg_convention=vgg.input_convention, layer_weights_rule=rule,
+        run_dir=uri_join(config.storage_path, config.run_name), init_weights=init_weights,
         recipe=recipe,
     )
 

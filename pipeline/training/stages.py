@@ -72,6 +72,16 @@ def earlier_stage_weights(earlier: dict[str, torch.Tensor], config: CRNConfig, s
     return carried
 
 
+def check_lower_stage(carried: dict[str, torch.Tensor], config: CRNConfig, lower_preset: str, source: str) -> None:
+    """A stage that the recipe starts from `lower_preset` takes over every refinement module
+    but its new top one (crn-spec.md 4); a model of another stage is a one-line UserError."""
+    have = sorted({key.split(".")[1] for key in carried}, key=lambda name: int(name.split("x")[0]))
+    wanted = [str(r) for r in config.resolutions[:-1]]
+    if have != wanted:
+        raise UserError(f"--init-from {source}: has modules {', '.join(have)}; this stage starts from a "
+                        f"{lower_preset} model with modules {', '.join(wanted)}")
+
+
 def load_earlier_stage(model: CRN, carried: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(carried, strict=False)
     assert not unexpected, unexpected  # earlier_stage_weights only keeps keys the model has

@@ -151,6 +151,23 @@ def start_or_resume_run(experiment: str, run_dir: str, run_name: str, descriptio
     return run, False, 0
 
 
+def finished_run(experiment: str, run_dir: str) -> tuple[str, str] | None:
+    """(MLflow run id, registered version) of this Ray Train run if it finished and registered
+    its model (pipeline.training.job sets `crn.registered_version` last), else None."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`{RUN_TAG}` = '{run_dir}' and tags.`crn.registered_version` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        return None
+    return runs[0].info.run_id, runs[0].data.tags["crn.registered_version"]
+
+
 def log_params(params: dict[str, Any], resumed: bool) -> None:
     """Log params; on a resumed run keep the first values and tag any that changed."""
     import mlflow
