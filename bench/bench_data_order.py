@@ -86,7 +86,7 @@ def run(quick: bool = False) -> list[dict]:
     return [
         {"name": "order_read_ms_per_step", "value": read, "unit": "ms", "goal": "n/a", "compared": described},
         {"name": "order_stored_read_ms_per_step", "value": min(stored), "unit": "ms", "goal": "n/a",
-         "compared": f"the same number of rows in stored order (consecutive rows share a row group)"},
+         "compared": "the same number of rows in stored order (consecutive rows share a row group)"},
         {"name": "order_read_vs_crn_mid_step", "value": read / step, "unit": "ratio", "goal": f"<= {GOAL}",
          "compared": f"{described} vs a crn-mid training step ({step:.0f} ms, 128x256, K=4) on the same CPU"},
     ]

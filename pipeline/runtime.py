@@ -60,7 +60,7 @@ def tracking_uri() -> str:
 
 
 def use_tracking_store() -> str:
-    """Point MLflow (tracking and registry) at `tracking_uri()`; returns the URI.
+    """Point MLflow (tracking, and so the registry) at `tracking_uri()`; returns the URI.
 
     Every MLflow use goes through here or `setup_mlflow`: MLflow's own default is a SQLite
     file in whatever folder the process started in.
@@ -68,8 +68,7 @@ def use_tracking_store() -> str:
     import mlflow
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)  # the registry follows the tracking store unless told otherwise
     return uri
 
 
