@@ -110,4 +110,7 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     # The local instance's processes inherit this environment. Ray Train gives a worker group
     # 60 s to start; on a busy laptop importing torch in each worker can take longer.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
-    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
+    # address="local": a new instance of our own, even when a `ray start` head (the local
+    # stack, someone else's) runs on this machine; ray.init() alone would join that one.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+             log_to_driver=True)

@@ -78,7 +78,8 @@ def ray_session(s3_endpoint):
     """One local Ray instance for the session; workers see the S3 endpoint and MLflow store."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # address="local": our own instance even when a `ray start` head runs on the machine.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
