@@ -35,7 +35,7 @@ from pipeline.fs import filesystem_for, join, read_bytes, write_bytes_atomically
 from pipeline.runtime import init_ray, setup_mlflow
 from pipeline.synthesis.actor import SynthesisActor
 from pipeline.synthesis.config import SynthesizeConfig
-from pipeline.synthesis.gallery import GallerySample, gallery_html
+from pipeline.synthesis.gallery import GallerySample, evaluation_details, gallery_html
 from pipeline.synthesis.outputs import (
     GALLERY_FILE,
     MANIFEST_FILE,
@@ -175,6 +175,7 @@ def log_to_mlflow(plan: SynthesisPlan, fs, root: str, result: Synthesized, manif
             "resolution": identity.resolution,
             "output": plan.config.output,
             "images": str(len(result.images)),
+            **evaluation_details(fs, root),
         },
     )
     # Beside the images too, so a person can open it without the MLflow UI.
