@@ -35,26 +35,33 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.data.toy import make_toy_store
-from pipeline.options import at_least, from_argv, option, to_dict
+from pipeline.options import at_least, from_argv, option, positive, to_dict
 from pipeline.runtime import init_ray, tracking_uri, work_dir
 
 DEMO_EXPERIMENT = "crn-demo"
-DEMO_PRESETS = {  # preset -> (scene size drawn, store resolutions); the top one is the preset's
-    "crn-tiny": ((64, 128), "16x32,32x64"),
-    "crn-small": ((128, 256), "32x64,64x128"),
+DEMO_PRESETS = {  # preset -> store resolutions (scenes are drawn at 128x256); the last is the preset's top
+    "crn-tiny": "16x32,32x64",
+    "crn-small": "32x64,64x128",
 }
+SCENE_SIZE = (128, 256)
 SUMMARY_FILE = "summary.json"
 
 
 @dataclass
 class DemoConfig:
     out: str = option("", "folder for everything the demo writes; default: <work dir>/demo")
-    preset: str = option("crn-small", "CRN preset (64x128 or 32x64 images)", choices=sorted(DEMO_PRESETS))
-    steps: int = option(700, "CRN training steps (batch 1)", check=at_least(1))
-    segmenter_steps: int = option(300, "segmenter training steps (batch 8)", check=at_least(1))
+    preset: str = option("crn-tiny", "CRN preset: crn-tiny makes 32x64 images, crn-small 64x128 (4x the compute)",
+                         choices=sorted(DEMO_PRESETS))
+    num_outputs: int = option(2, "K images per label map (the diversity score compares them)", check=at_least(1))
+    steps: int = option(2500, "CRN training steps (batch 1)", check=at_least(1))
+    lr: float = option(5e-4, "CRN Adam learning rate (the paper's 1e-4 needs many more steps)", check=positive)
+    segmenter_steps: int = option(400, "segmenter training steps (batch 8)", check=at_least(1))
     num_workers: int = option(1, "Ray Train workers (DDP ranks) for both trainings", check=at_least(1))
+    threads_per_worker: int = option(1, "torch threads per training worker. One: on a 2-core machine shared with "
+                                        "other work, two spin-waiting threads ran a step up to 6x slower than one; "
+                                        "the other core feeds the worker", check=at_least(1))
     train_scenes: int = option(96, "toy training scenes to draw", check=at_least(1))
-    val_scenes: int = option(16, "toy validation scenes to draw, synthesize and score", check=at_least(2))
+    val_scenes: int = option(32, "toy validation scenes to draw, synthesize and score", check=at_least(2))
     vgg_weights: str = option("auto", "loss network weights: imagenet, random, a .pth file, or auto (imagenet if "
                                       "torchvision's cache has them, else random, said loudly)")
     fid_weights: str = option("auto", "FID Inception weights: a file, auto (torch-fidelity's cache if there), or none")
@@ -86,19 +93,20 @@ class StageClock:
         self._start = time.perf_counter()
 
     def stage(self, name: str, title: str) -> None:
-        now = time.perf_counter()
-        if self.seconds:
-            last = next(reversed(self.seconds))
-            self.seconds[last] = round(now - self._start, 1)
+        self._close()
         self.seconds[name] = 0.0
-        self._start = now
         print(f"\n[{len(self.seconds)}/6] {title}", flush=True)
 
     def stop(self) -> dict[str, float]:
-        self.stage("_", "")  # closes the last stage
-        self.seconds.pop("_")
+        self._close()
         self.seconds["total"] = round(sum(self.seconds.values()), 1)
         return self.seconds
+
+    def _close(self) -> None:
+        now = time.perf_counter()
+        if self.seconds:
+            self.seconds[next(reversed(self.seconds))] = round(now - self._start, 1)
+        self._start = now
 
 
 def run(config: DemoConfig) -> dict:
@@ -106,7 +114,7 @@ def run(config: DemoConfig) -> dict:
     out = Path(config.out or work_dir() / "demo").resolve()
     source, store = out / "toy-source", out / "store"
     vgg = choose_vgg_weights(config.vgg_weights)
-    size, resolutions = DEMO_PRESETS[config.preset]
+    resolutions = DEMO_PRESETS[config.preset]
     resolution = resolutions.split(",")[-1]
     model_name = f"crn-toy-{resolution}"
     plan = {"config": to_dict(config), "source": str(source), "store": str(store), "vgg_weights": vgg,
@@ -125,7 +133,7 @@ def run(config: DemoConfig) -> dict:
     clock = StageClock()
     clock.stage("data", f"toy data set -> {source}, preprocessed -> {store}")
     init_ray(dashboard=True)  # one Ray instance for every stage; training needs the dashboard
-    make_toy_store(store, source, num_train=config.train_scenes, num_val=config.val_scenes, size=size,
+    make_toy_store(store, source, num_train=config.train_scenes, num_val=config.val_scenes, size=SCENE_SIZE,
                    resolutions=resolutions)
     storage = str(out / "ray_results")
 
@@ -133,16 +141,18 @@ def run(config: DemoConfig) -> dict:
                              "Ray Train)")
     segmenter = segmenter_training.run(segmenter_training.parse_segmenter_config([
         "--store", str(store), "--resolution", resolution, "--steps", str(config.segmenter_steps),
-        "--num-workers", str(config.num_workers), "--storage-path", storage, "--experiment", DEMO_EXPERIMENT,
+        "--num-workers", str(config.num_workers), "--threads-per-worker", str(config.threads_per_worker),
+        "--storage-path", storage, "--experiment", DEMO_EXPERIMENT,
     ]))
 
-    clock.stage("train", f"training {config.preset} for {config.steps} steps (Ray Train, {config.num_workers} "
-                         "worker(s))")
+    clock.stage("train", f"training {config.preset} (K={config.num_outputs}) for {config.steps} steps (Ray Train, "
+                         f"{config.num_workers} worker(s))")
     trained = train_job.run(parse_train_config([
-        "--store", str(store), "--preset", config.preset, "--steps", str(config.steps),
-        "--num-workers", str(config.num_workers), "--vgg-weights", vgg, "--experiment", DEMO_EXPERIMENT,
-        "--model-name", model_name, "--storage-path", storage,
-        "--checkpoint-every", "100", "--image-every", "100",
+        "--store", str(store), "--preset", config.preset, "--num-outputs", str(config.num_outputs),
+        "--steps", str(config.steps), "--lr", str(config.lr), "--num-workers", str(config.num_workers),
+        "--threads-per-worker", str(config.threads_per_worker),
+        "--vgg-weights", vgg, "--experiment", DEMO_EXPERIMENT, "--model-name", model_name, "--storage-path", storage,
+        "--checkpoint-every", "250", "--image-every", "250",
     ]))
 
     version_uri = f"models:/{model_name}/{trained.model_version}"
@@ -183,6 +193,7 @@ def run(config: DemoConfig) -> dict:
         "split": "val",
         "val_scenes": config.val_scenes,
         "preset": config.preset,
+        "num_outputs": config.num_outputs,
         "steps": config.steps,
         "vgg_weights": vgg,
         "stage_seconds": stage_seconds,
@@ -191,8 +202,8 @@ def run(config: DemoConfig) -> dict:
         "mlflow": tracking_uri(),
     }
     (gallery_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"\nDone. Summary ({gallery_dir / SUMMARY_FILE}):\n{json.dumps(summary, indent=1)}")
-    print("\nLook at:")
+    print(f"\n[6/6] summary -> {gallery_dir / SUMMARY_FILE}\n{json.dumps(summary, indent=1)}")
+    print("\nDone. Look at:")
     print(f"  gallery     {gallery_dir / 'gallery.html'}")
     print(f"  images      {gallery_dir / 'images'}")
     print(f"  MLflow UI   .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}   (then http://127.0.0.1:5000)")

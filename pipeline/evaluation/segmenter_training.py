@@ -10,7 +10,8 @@ downloaded), on the store's `train` split at one resolution, cross-entropy with 
 ignored, AdamW, horizontal flips. In order:
 
 1. The store's training photos and labels go to the workers as a Ray Data dataset, held in
-   the object store (a segmentation data set at evaluation resolution is small).
+   the object store and, on each worker, in memory (a segmentation set at evaluation
+   resolution is small).
 2. `TorchTrainer.fit()` runs `train_loop_per_worker` (DDP over `--num-workers`); checkpoints
    (weights, optimizer, step) every `--checkpoint-every` steps and at the end. The same
    command (same run name) resumes from the latest.
@@ -131,7 +132,7 @@ def build_network(architecture: str, num_classes: int) -> torch.nn.Module:
 class ExportedSegmenter(torch.nn.Module):
     """The segmenter contract's face (pipeline.evaluation.segmenter): RGB in 0..1 -> class scores."""
 
-    def __init__(self, network: torch.nn.Module):
+    def __init__(self, network):  # (no annotation: TorchScript cannot read "torch.nn.Module" as a string)
         super().__init__()
         self.network = network
         # ImageNet statistics, the usual input normalisation of torchvision's backbones.
@@ -150,6 +151,9 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     import ray.train.torch
     import torch.nn.functional as F
 
+    from pipeline.training.loop import quiet_report_log
+
+    quiet_report_log()  # one line per report is noise here too
     config = from_dict(SegmenterTrainConfig, loop_config["config"])
     num_classes = loop_config["num_classes"]  # void (index num_classes) is ignored
     context = ray.train.get_context()
@@ -168,31 +172,38 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         optimizer.load_state_dict(saved["optimizer"])
         step = saved["step"]
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=device)
-    flips = torch.Generator().manual_seed(config.seed * 1000 + rank)
-    shard = ray.train.get_dataset_shard(TRAIN_SPLIT)
-    history, epoch = [], 0  # every step's loss in this attempt, for the driver to log
+    # The shard is read into memory once: a segmentation set at evaluation resolution is small
+    # (96 photos at 64x128 are 3 MB), and re-reading it through Ray Data every epoch would
+    # start a pipeline per epoch. Each step's samples and flips follow from (seed, step, rank)
+    # alone, so a resumed run takes exactly the steps an uninterrupted one would.
+    parts = list(ray.train.get_dataset_shard(TRAIN_SPLIT).iter_torch_batches(batch_size=256))
+    photos = torch.cat([p["photo"] for p in parts]).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, H, W]
+    labels = torch.cat([p["label"] for p in parts]).long()  # [N, H, W]
+    steps_per_epoch = len(labels) // config.batch_size
+    history = []  # every step's loss in this attempt, for the driver to log
     while step < config.steps:
-        batches = shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True, device=device,
-                                           local_shuffle_buffer_size=256, local_shuffle_seed=config.seed + 7919 * epoch + rank)
-        for batch in batches:
-            photo = batch["photo"].permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W]
-            label = batch["label"].long()  # [B, H, W]
-            flip = torch.rand(len(label), generator=flips) < 0.5
-            photo[flip], label[flip] = photo[flip].flip(-1), label[flip].flip(-1)
-            loss = F.cross_entropy(ddp_model(photo), label, ignore_index=num_classes)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            history.append({"step": step, "loss": loss.item()})
-            last = step == config.steps
-            if step % config.log_every == 0 or step % config.checkpoint_every == 0 or last:
-                report(model, optimizer, step, loss.item(), with_checkpoint=step % config.checkpoint_every == 0 or last,
-                       rank=rank)
-            if last:
-                break
-        epoch += 1
+        epoch, index = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_seed(config.seed, epoch, rank)))
+        chosen = order[index * config.batch_size:(index + 1) * config.batch_size]
+        photo, label = photos[chosen].to(device).float() / 255.0, labels[chosen].to(device)
+        flip = torch.rand(len(chosen), generator=torch.Generator().manual_seed(_seed(config.seed, step, rank, 1))) < 0.5
+        photo[flip], label[flip] = photo[flip].flip(-1), label[flip].flip(-1)
+        loss = F.cross_entropy(ddp_model(photo), label, ignore_index=num_classes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        history.append({"step": step, "loss": loss.item()})
+        last = step == config.steps
+        if step % config.log_every == 0 or step % config.checkpoint_every == 0 or last:
+            report(model, optimizer, step, loss.item(), with_checkpoint=step % config.checkpoint_every == 0 or last,
+                   rank=rank)
     return {"step": step, "history": history}
+
+
+def _seed(*values: int) -> int:
+    """A seed for each combination of values, independent of the others."""
+    return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
 
 
 def report(model, optimizer, step: int, loss: float, with_checkpoint: bool, rank: int) -> None:
@@ -225,7 +236,6 @@ class SegmenterOutcome:
 
 
 def fit(config: SegmenterTrainConfig, num_classes: int):
-    import ray.train
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -261,25 +271,57 @@ def score_on_photos(segmenter_data: bytes, store_uri: str, split: str, resolutio
     return segmentation_scores(confusion_matrix(labels, predictions, num_classes))
 
 
-def run(config: SegmenterTrainConfig) -> SegmenterOutcome:
-    """The whole job for a parsed config (not a dry run: see jobs/train_segmenter.py)."""
+def export_and_register(config: SegmenterTrainConfig, checkpoint, store, num_classes: int) -> tuple[str, tuple]:
+    """The final weights as a TorchScript file with the class order inside, scored on the real
+    val photos, logged and registered into the active run. Returns (version, (mIoU, accuracy))."""
     import mlflow
 
     from pipeline.evaluation.segmenter import save_torchscript
     from pipeline.registry.segmenters import log_and_register_segmenter
 
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+    model = ExportedSegmenter(build_network(config.architecture, num_classes))
+    model.load_state_dict(saved["model"])
+    with tempfile.TemporaryDirectory(prefix="crn-segmenter-") as folder:
+        path = save_torchscript(model, store.schema.class_names[:num_classes], Path(folder) / "segmenter.pt")
+        scores = (float("nan"), float("nan"))
+        if VAL_SPLIT in store.splits:
+            found = score_on_photos(path.read_bytes(), config.store, VAL_SPLIT, str(config.resolution), num_classes)
+            scores = (found.miou, found.pixel_accuracy)
+            mlflow.log_metrics({"val_miou": found.miou, "val_pixel_accuracy": found.pixel_accuracy})
+        version = log_and_register_segmenter(path, config.model_name, config.alias)
+    return version, scores
+
+
+def start_or_resume_run(config: SegmenterTrainConfig):
+    """The MLflow run of this Ray Train run: a finished earlier attempt's (found by its storage
+    folder, with a registered version), else a new one with the config as params."""
+    import mlflow
+
+    from pipeline.fs import uri_join
+
+    run_dir = uri_join(config.storage_path, config.run_name)
+    previous = mlflow.search_runs(experiment_names=[config.experiment], output_format="list", max_results=1,
+                                  filter_string=f"tags.`crn.ray_run` = '{run_dir}' and "
+                                                f"tags.`crn.registered_version` != ''")
+    if previous:
+        return mlflow.start_run(run_id=previous[0].info.run_id)
+    active = mlflow.start_run(run_name=config.run_name, tags={"crn.ray_run": run_dir})
+    mlflow.log_params({key: str(value) for key, value in to_dict(config).items()})
+    return active
+
+
+def run(config: SegmenterTrainConfig) -> SegmenterOutcome:
+    """The whole job for a parsed config (not a dry run: see jobs/train_segmenter.py)."""
+    import mlflow
+
     config = resolve(config)
     store = open_store(config.store)
-    schema = store.schema
-    num_classes = schema.void_index  # classes besides void
+    num_classes = store.schema.void_index  # classes besides void
     init_ray(dashboard=True)  # Ray Train's state queries need it (pipeline.runtime.init_ray)
     setup_mlflow(config.experiment)
-    previous = mlflow.search_runs(experiment_names=[config.experiment], output_format="list", max_results=1,
-                                  filter_string=f"tags.`crn.ray_run` = '{config.run_name}' and tags.`crn.registered_version` != ''")
-    with mlflow.start_run(run_id=previous[0].info.run_id) if previous else \
-            mlflow.start_run(run_name=config.run_name, tags={"crn.ray_run": config.run_name}) as active:
-        if not previous:
-            mlflow.log_params({key: str(value) for key, value in to_dict(config).items()})
+    with start_or_resume_run(config) as active:
         result = fit(config, num_classes)
         if result.checkpoint is None:
             raise UserError(f"segmenter run {config.run_name} ended without a checkpoint")
@@ -287,21 +329,10 @@ def run(config: SegmenterTrainConfig) -> SegmenterOutcome:
         if tags.get("crn.final_checkpoint") == result.checkpoint.path:  # a re-run of a finished run
             version = tags["crn.registered_version"]
             metrics = mlflow.get_run(active.info.run_id).data.metrics
-            scores = (metrics["val_miou"], metrics["val_pixel_accuracy"])
+            scores = (metrics.get("val_miou", float("nan")), metrics.get("val_pixel_accuracy", float("nan")))
         else:
             log_losses((result.return_value or {}).get("history", []))
-            with result.checkpoint.as_directory() as folder:
-                saved = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
-            model = ExportedSegmenter(build_network(config.architecture, num_classes))
-            model.load_state_dict(saved["model"])
-            with tempfile.TemporaryDirectory(prefix="crn-segmenter-") as folder:
-                path = save_torchscript(model, schema.class_names[:num_classes], Path(folder) / "segmenter.pt")
-                found = score_on_photos(path.read_bytes(), config.store, VAL_SPLIT, str(config.resolution), num_classes) \
-                    if VAL_SPLIT in store.splits else None
-                version = log_and_register_segmenter(path, config.model_name, config.alias)
-            scores = (found.miou, found.pixel_accuracy) if found else (float("nan"), float("nan"))
-            if found:
-                mlflow.log_metrics({"val_miou": found.miou, "val_pixel_accuracy": found.pixel_accuracy})
+            version, scores = export_and_register(config, result.checkpoint, store, num_classes)
             mlflow.set_tags({"crn.final_checkpoint": result.checkpoint.path, "crn.registered_version": version})
     uri = f"models:/{config.model_name}/{version}"
     print(f"trained segmenter {config.architecture} at {config.resolution} for {config.steps} steps; "
@@ -314,10 +345,9 @@ def log_losses(history: list[dict]) -> None:
     """Every step's loss of the last attempt, in batches (MLflow's log_batch takes 1000 at most)."""
     import time
 
+    import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
-
-    import mlflow
 
     now = int(time.time() * 1000)
     entries = [Metric("loss", record["loss"], now, record["step"]) for record in history]

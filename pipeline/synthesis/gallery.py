@@ -82,10 +82,10 @@ def evaluation_details(fs, root: str) -> dict[str, str]:
             record = json.loads(read_bytes(fs, info.path))
             m = record["metrics"]
             ratio = "n/a" if m.get("miou_ratio") is None else f"{m['miou_ratio']:.3f}"
-            fid = f"{m['fid']:.2f}" if m.get("fid") is not None else record.get("fid_note") or "not computed"
+            fid = f"FID {m['fid']:.2f}" if m.get("fid") is not None else record.get("fid_note") or "FID not computed"
             details[f"scores (protocol {record['protocol_id']})"] = (
                 f"mIoU {m['miou']:.3f} vs {m['real_miou']:.3f} on the real photos (ratio {ratio}); pixel accuracy "
-                f"{m['pixel_accuracy']:.3f} vs {m['real_pixel_accuracy']:.3f}; diversity {m['diversity']:.4f}; FID {fid}; "
+                f"{m['pixel_accuracy']:.3f} vs {m['real_pixel_accuracy']:.3f}; diversity {m['diversity']:.4f}; {fid}; "
                 f"segmenter {record['segmenter']['uri']}; split {record['protocol']['split']}")
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a record of ours: the gallery shows the images regardless
