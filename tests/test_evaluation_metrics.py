@@ -116,6 +116,7 @@ def test_class_order_is_checked_against_the_schema(cityscapes, palette_segmenter
         check_class_order(open_segmenter(str(palette_segmenter), str(classes)), cityscapes)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # this test writes a bare TorchScript file itself
 def test_a_torchscript_file_without_its_class_order_needs_one(tmp_path, cityscapes):
     bare = tmp_path / "bare.pt"
     torch.jit.save(torch.jit.script(PaletteSegmenter(schema_palette(cityscapes)[:19])), str(bare))
