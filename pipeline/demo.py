@@ -22,7 +22,8 @@ called the way `ray job submit -- python jobs/<job>.py ...` would call it:
 6. `summary.json` beside the gallery: demo_miou_ratio = mIoU(synthesized) / mIoU(real
    photos) on the validation split, FID or why not, diversity, each stage's seconds.
 
-The defaults are sized to finish in about 10 minutes on a 2-core CPU (README, "The demo").
+The defaults are sized so that `make demo` in a fresh clone, the install included, stays
+within 15 minutes on a 2-core CPU; README, "Two commands", says why each was chosen.
 Re-running the same command resumes: the data set and store are reused, each training picks
 up from its last checkpoint (a finished one is reused), synthesis writes only missing images.
 """
@@ -53,7 +54,7 @@ class DemoConfig:
     preset: str = option("crn-tiny", "CRN preset: crn-tiny makes 32x64 images, crn-small 64x128 (4x the compute)",
                          choices=sorted(DEMO_PRESETS))
     num_outputs: int = option(2, "K images per label map (the diversity score compares them)", check=at_least(1))
-    steps: int = option(2500, "CRN training steps (batch 1)", check=at_least(1))
+    steps: int = option(2000, "CRN training steps (batch 1)", check=at_least(1))
     lr: float = option(5e-4, "CRN Adam learning rate (the paper's 1e-4 needs many more steps)", check=positive)
     segmenter_steps: int = option(400, "segmenter training steps (batch 8)", check=at_least(1))
     num_workers: int = option(1, "Ray Train workers (DDP ranks) for both trainings", check=at_least(1))

@@ -158,3 +158,12 @@ def test_mistakes_are_one_line_errors(inputs, tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="--promote needs a registered model"):
         run(parse_evaluate_config(argv(inputs, "--promote", "--model", str(inputs["checkpoint"]))))
+
+
+def test_dry_run_prints_the_plan_and_its_protocol(inputs, evaluated, capsys):
+    from jobs.evaluate import main
+
+    assert main(argv(inputs, "--dry-run")) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["protocol.id"] == evaluated.protocol_id  # the same inputs: the same protocol, nothing computed
+    assert plan["protocol.fid_weights_sha256"] and plan["segmenter.sha256"] == plan["protocol.segmenter_sha256"]

@@ -35,7 +35,7 @@ from crn.checkpoint import load_checkpoint, model_from_checkpoint
 from crn.model import CRN
 from pipeline.errors import UserError, first_line
 from pipeline.registry.pyfunc import CHECKPOINT_KEY, CRNPythonModel
-from pipeline.runtime import REPO_ROOT
+from pipeline.runtime import REPO_ROOT, tracking_uri
 
 # The name the checkpoint file gets inside a logged model; `artifacts/<this>` in its folder.
 CHECKPOINT_ARTIFACT = "crn_checkpoint.pt"
@@ -131,6 +131,12 @@ def resolve_checkpoint(uri_or_path: str, artifact_key: str = CHECKPOINT_KEY) -> 
             raise UserError(f"model checkpoint {uri_or_path}: no such file")
         return ResolvedCheckpoint(path=path.resolve(), uri=uri_or_path, version=None)
 
+    import mlflow
+
+    # The project's tracking store (MLFLOW_TRACKING_URI, else <work dir>/mlflow.db), also when no
+    # MLflow run was set up yet in this process: `jobs/synthesize.py --model <name>` and
+    # `jobs/evaluate.py` resolve the model before they start their run.
+    mlflow.set_tracking_uri(tracking_uri())
     version = None
     download_uri = uri_or_path
     if match := _ALIAS_URI.match(uri_or_path):
