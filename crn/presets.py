@@ -3,8 +3,9 @@
 The paper's widths come from one table (crn-spec.md section 1); a preset takes the first
 n + 1 rows of it. The CPU presets keep the architecture and the table's shape (wide at the
 coarse levels, narrower towards the top) but divide every width by a constant so that a
-training step takes well under a second (crn-tiny, tests), about a second (crn-small, the
-demo) or a few seconds (crn-mid, the training-step benchmark) on a 2-core machine.
+training step takes well under a second (crn-tiny: tests, and the demo with K=2), about a
+second (crn-small, a larger demo) or a few seconds (crn-mid, the training-step benchmark) on
+a 2-core machine.
 
 Usage: `make_config("crn-256p", num_classes=20)`, or `PRESETS[name](num_classes, num_outputs)`.
 """
@@ -17,8 +18,8 @@ from crn.config import CRNConfig
 # d_i of modules M_0 (4x8) .. M_8 (1024x2048), read off the authors' checkpoints.
 PAPER_WIDTHS: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512, 512, 128, 32)
 
-# K for the CPU presets: more than one output so the demo shows the diversity loss at
-# work, few enough that the K VGG passes per step stay affordable on a CPU.
+# K for the CPU presets: more than one output so the diversity loss is at work, few
+# enough that the K VGG passes per step stay affordable on a CPU.
 CPU_NUM_OUTPUTS = 4
 
 

@@ -1,6 +1,7 @@
-"""The end-to-end demo on the embedded defaults: toy data -> store -> training -> synthesis.
+"""The end-to-end demo on the embedded defaults: toy data -> store -> segmenter and CRN ->
+evaluation and gate -> synthesis -> summary.json with the scores.
 
-    make demo                                   # or: python -m jobs.demo --steps 300
+    make demo                                   # or: python -m jobs.demo
     python -m jobs.demo --dry-run               # print the plan and exit
 
 Everything runs on this machine with no set-up (pipeline.demo says what each stage does).

@@ -1,6 +1,7 @@
-"""The end-to-end demo on the embedded defaults: toy data -> store -> training -> synthesis.
+"""The end-to-end demo on the embedded defaults: toy data -> store -> segmenter and CRN -> evaluation,
+gate and synthesis, with a summary of how good the images are.
 
-    make demo                                   # or: python -m jobs.demo --steps 300
+    make demo                                   # or: python -m jobs.demo
     python -m jobs.demo --dry-run               # print the plan and exit
 
 Everything runs on this machine with no set-up: Ray starts locally, MLflow tracks into a
@@ -9,42 +10,62 @@ called the way `ray job submit -- python jobs/<job>.py ...` would call it:
 
 1. `pipeline.data.toy` draws a street-scene data set in the Cityscapes layout, and
    preprocessing (pipeline.data.preprocess) turns it into a multi-resolution Parquet store;
-2. training (pipeline.training.job) trains the `crn-small` preset (64x128, K=4) with Ray Train and registers
-   the model in MLflow with the alias `candidate`;
-3. the new version is promoted to `champion` (the evaluation job's place in design.md);
-4. synthesis (pipeline.synthesis.job) renders the validation label maps with `models:/<name>@champion`
-   and writes an HTML gallery.
+2. a segmenter (LR-ASPP MobileNetV3) learns the toy photos with Ray Train and is registered
+   (pipeline.evaluation.segmenter_training): the toy data has no standard segmenter;
+3. the CRN trains with Ray Train and is registered as `candidate` (pipeline.training.job);
+4. the evaluation (pipeline.evaluation.job) synthesizes the validation label maps, scores
+   them with the segmenter against the real photos' scores, and `--promote` makes the
+   version `champion` only if it beats the current one under the same protocol;
+5. synthesis (pipeline.synthesis.job) renders the validation split with
+   `models:/<name>@champion` (reusing the evaluated images when it is the same model) and
+   writes the HTML gallery, which lists the scores;
+6. `summary.json` beside the gallery: demo_miou_ratio = mIoU(synthesized) / mIoU(real
+   photos) on the validation split, FID or why not, diversity, each stage's seconds.
 
-Re-running the same command resumes: the data set and store are reused, training picks up
-from its last checkpoint, synthesis writes only missing images.
+The defaults are sized so that `make demo` in a fresh clone, the install included, stays
+within 15 minutes on a 2-core CPU; README, "Two commands", says why each was chosen.
+Re-running the same command resumes: the data set and store are reused, each training picks
+up from its last checkpoint (a finished one is reused), synthesis writes only missing images.
 """
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.data.toy import make_toy_store
-from pipeline.options import at_least, from_argv, option, to_dict
-from pipeline.runtime import init_ray, setup_mlflow, tracking_uri, work_dir
-from pipeline.synthesis import job as synthesis_job
-from pipeline.synthesis.config import parse_synthesize_config
-from pipeline.training import job as train_job
-from pipeline.training.config import parse_train_config
+from pipeline.options import at_least, from_argv, option, positive, to_dict
+from pipeline.runtime import init_ray, tracking_uri, work_dir
 
 DEMO_EXPERIMENT = "crn-demo"
-DEMO_MODEL_NAME = "crn-toy-64x128"
+DEMO_PRESETS = {  # preset -> store resolutions (scenes are drawn at 128x256); the last is the preset's top
+    "crn-tiny": "16x32,32x64",
+    "crn-small": "32x64,64x128",
+}
+SCENE_SIZE = (128, 256)
+SUMMARY_FILE = "summary.json"
 
 
 @dataclass
 class DemoConfig:
     out: str = option("", "folder for everything the demo writes; default: <work dir>/demo")
-    steps: int = option(300, "training steps of crn-small (one to a few seconds each on 2 cores)", check=at_least(1))
-    num_workers: int = option(1, "Ray Train workers (DDP ranks)", check=at_least(1))
-    train_scenes: int = option(64, "toy training scenes to draw", check=at_least(1))
-    val_scenes: int = option(8, "toy validation scenes to draw and synthesize", check=at_least(1))
+    preset: str = option("crn-tiny", "CRN preset: crn-tiny makes 32x64 images, crn-small 64x128 (4x the compute)",
+                         choices=sorted(DEMO_PRESETS))
+    num_outputs: int = option(2, "K images per label map (the diversity score compares them)", check=at_least(1))
+    steps: int = option(2000, "CRN training steps (batch 1)", check=at_least(1))
+    lr: float = option(5e-4, "CRN Adam learning rate (the paper's 1e-4 needs many more steps)", check=positive)
+    segmenter_steps: int = option(400, "segmenter training steps (batch 8)", check=at_least(1))
+    num_workers: int = option(1, "Ray Train workers (DDP ranks) for both trainings", check=at_least(1))
+    threads_per_worker: int = option(1, "torch threads per training worker. One: on a 2-core machine shared with "
+                                        "other work, two spin-waiting threads ran a step up to 6x slower than one; "
+                                        "the other core feeds the worker", check=at_least(1))
+    train_scenes: int = option(96, "toy training scenes to draw", check=at_least(1))
+    val_scenes: int = option(32, "toy validation scenes to draw, synthesize and score", check=at_least(2))
     vgg_weights: str = option("auto", "loss network weights: imagenet, random, a .pth file, or auto (imagenet if "
                                       "torchvision's cache has them, else random, said loudly)")
+    fid_weights: str = option("auto", "FID Inception weights: a file, auto (torch-fidelity's cache if there), or none")
     dry_run: bool = option(False, "print the resolved plan and exit")
 
 
@@ -65,43 +86,126 @@ def choose_vgg_weights(requested: str) -> str:
     return "random"
 
 
+class StageClock:
+    """Seconds spent in each stage, in order."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def stage(self, name: str, title: str) -> None:
+        self._close()
+        self.seconds[name] = 0.0
+        print(f"\n[{len(self.seconds)}/6] {title}", flush=True)
+
+    def stop(self) -> dict[str, float]:
+        self._close()
+        self.seconds["total"] = round(sum(self.seconds.values()), 1)
+        return self.seconds
+
+    def _close(self) -> None:
+        now = time.perf_counter()
+        if self.seconds:
+            self.seconds[next(reversed(self.seconds))] = round(now - self._start, 1)
+        self._start = now
+
+
 def run(config: DemoConfig) -> dict:
-    """Every stage in turn; returns the plan (paths, weights, tracking URI). A dry run only plans."""
+    """Every stage in turn; returns the summary (or, for a dry run, the plan)."""
     out = Path(config.out or work_dir() / "demo").resolve()
-    source, store, synth = out / "toy-source", out / "store", out / "synthesized"
+    source, store = out / "toy-source", out / "store"
     vgg = choose_vgg_weights(config.vgg_weights)
-    plan = {"config": to_dict(config), "source": str(source), "store": str(store), "synthesized": str(synth),
-            "vgg_weights": vgg, "mlflow": tracking_uri()}
+    resolutions = DEMO_PRESETS[config.preset]
+    resolution = resolutions.split(",")[-1]
+    model_name = f"crn-toy-{resolution}"
+    plan = {"config": to_dict(config), "source": str(source), "store": str(store), "vgg_weights": vgg,
+            "model_name": model_name, "mlflow": tracking_uri()}
     if config.dry_run:
         return plan
 
-    print(f"[1/5] toy data set -> {source}, preprocessed -> {store}")
+    from pipeline.evaluation import job as evaluation_job
+    from pipeline.evaluation import segmenter_training
+    from pipeline.evaluation.config import parse_evaluate_config
+    from pipeline.synthesis import job as synthesis_job
+    from pipeline.synthesis.config import parse_synthesize_config
+    from pipeline.training import job as train_job
+    from pipeline.training.config import parse_train_config
+
+    clock = StageClock()
+    clock.stage("data", f"toy data set -> {source}, preprocessed -> {store}")
     init_ray(dashboard=True)  # one Ray instance for every stage; training needs the dashboard
-    make_toy_store(store, source, num_train=config.train_scenes, num_val=config.val_scenes, size=(128, 256),
-                   resolutions="32x64,64x128")
+    make_toy_store(store, source, num_train=config.train_scenes, num_val=config.val_scenes, size=SCENE_SIZE,
+                   resolutions=resolutions)
+    storage = str(out / "ray_results")
 
-    print(f"[2/4] training crn-small for {config.steps} steps (Ray Train, {config.num_workers} worker(s))")
-    outcome = train_job.run(parse_train_config([
-        "--store", str(store), "--preset", "crn-small", "--steps", str(config.steps),
-        "--num-workers", str(config.num_workers), "--vgg-weights", vgg, "--experiment", DEMO_EXPERIMENT,
-        "--model-name", DEMO_MODEL_NAME, "--storage-path", str(out / "ray_results"),
-        "--checkpoint-every", "100", "--image-every", "100",
+    clock.stage("segmenter", f"training the segmenter that scores the images ({config.segmenter_steps} steps, "
+                             "Ray Train)")
+    segmenter = segmenter_training.run(segmenter_training.parse_segmenter_config([
+        "--store", str(store), "--resolution", resolution, "--steps", str(config.segmenter_steps),
+        "--num-workers", str(config.num_workers), "--threads-per-worker", str(config.threads_per_worker),
+        "--storage-path", storage, "--experiment", DEMO_EXPERIMENT,
     ]))
 
-    print(f"[3/4] promoting models:/{DEMO_MODEL_NAME}/{outcome.model_version} to @champion")
-    from mlflow import MlflowClient
+    clock.stage("train", f"training {config.preset} (K={config.num_outputs}) for {config.steps} steps (Ray Train, "
+                         f"{config.num_workers} worker(s))")
+    trained = train_job.run(parse_train_config([
+        "--store", str(store), "--preset", config.preset, "--num-outputs", str(config.num_outputs),
+        "--steps", str(config.steps), "--lr", str(config.lr), "--num-workers", str(config.num_workers),
+        "--threads-per-worker", str(config.threads_per_worker),
+        "--vgg-weights", vgg, "--experiment", DEMO_EXPERIMENT, "--model-name", model_name, "--storage-path", storage,
+        "--checkpoint-every", "250", "--image-every", "250",
+    ]))
 
-    setup_mlflow(DEMO_EXPERIMENT)
-    MlflowClient(tracking_uri()).set_registered_model_alias(DEMO_MODEL_NAME, "champion", outcome.model_version)
+    version_uri = f"models:/{model_name}/{trained.model_version}"
+    clock.stage("evaluate", f"evaluating {version_uri} on the validation split, then the registry gate")
+    evaluation = evaluation_job.run(parse_evaluate_config([
+        "--model", version_uri, "--store", str(store), "--split", "val", "--segmenter", segmenter.uri,
+        "--fid-weights", config.fid_weights, "--synthesized", str(out / "synthesized" / f"v{trained.model_version}"),
+        "--experiment", DEMO_EXPERIMENT, "--promote",
+    ]))
+    champion = evaluation.gate.champion_after
 
-    print(f"[4/4] synthesizing the validation split -> {synth}")
+    gallery_dir = out / "synthesized" / f"v{champion}"
+    clock.stage("synthesize", f"synthesizing the validation split with models:/{model_name}@champion (version "
+                              f"{champion}) -> {gallery_dir}")
     synthesis_job.run(parse_synthesize_config([
-        "--model", f"models:/{DEMO_MODEL_NAME}@champion", "--store", str(store), "--split", "val",
-        "--output", str(synth), "--experiment", DEMO_EXPERIMENT,
+        "--model", f"models:/{model_name}@champion", "--store", str(store), "--split", "val",
+        "--output", str(gallery_dir), "--experiment", DEMO_EXPERIMENT,
     ]))
+    stage_seconds = clock.stop()
 
+    metrics = evaluation.metrics
+    summary = {
+        "demo_miou_ratio": metrics["miou_ratio"],
+        "miou_synthesized": metrics["miou"],
+        "miou_real_photos": metrics["real_miou"],
+        "pixel_accuracy_synthesized": metrics["pixel_accuracy"],
+        "pixel_accuracy_real_photos": metrics["real_pixel_accuracy"],
+        "fid": metrics["fid"],
+        "fid_note": evaluation.fid_note,
+        "diversity": metrics["diversity"],
+        "diversity_measure": "per class, mean L1 RGB distance (0..1) between pairs of the K variants inside the "
+                             "class's region, averaged over samples, then classes",
+        "evaluated_model": version_uri,
+        "champion": f"models:/{model_name}/{champion}",
+        "gate": evaluation.gate.reason,
+        "protocol_id": evaluation.protocol_id,
+        "segmenter": segmenter.uri,
+        "split": "val",
+        "val_scenes": config.val_scenes,
+        "preset": config.preset,
+        "num_outputs": config.num_outputs,
+        "steps": config.steps,
+        "vgg_weights": vgg,
+        "stage_seconds": stage_seconds,
+        "gallery": str(gallery_dir / "gallery.html"),
+        "evaluation_run": evaluation.run_id,
+        "mlflow": tracking_uri(),
+    }
+    (gallery_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"\n[6/6] summary -> {gallery_dir / SUMMARY_FILE}\n{json.dumps(summary, indent=1)}")
     print("\nDone. Look at:")
-    print(f"  gallery     {synth / 'gallery.html'}")
-    print(f"  images      {synth / 'images'}")
+    print(f"  gallery     {gallery_dir / 'gallery.html'}")
+    print(f"  images      {gallery_dir / 'images'}")
     print(f"  MLflow UI   .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}   (then http://127.0.0.1:5000)")
-    return plan
+    return summary

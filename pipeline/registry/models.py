@@ -140,8 +140,11 @@ def pyfunc_requirements() -> list[str]:
             f"cloudpickle=={cloudpickle.__version__}"]
 
 
-def resolve_checkpoint(uri_or_path: str) -> ResolvedCheckpoint:
-    """Find the checkpoint file behind a registry URI, run URI or path, downloading if needed."""
+def resolve_checkpoint(uri_or_path: str, artifact_key: str = CHECKPOINT_KEY) -> ResolvedCheckpoint:
+    """Find the checkpoint file behind a registry URI, run URI or path, downloading if needed.
+
+    `artifact_key` names the file among a logged model's artifacts (a segmenter's differs).
+    """
     if uri_or_path.startswith("s3://"):
         return _download_s3_checkpoint(uri_or_path)
     if "://" not in uri_or_path and not uri_or_path.startswith(("models:/", "runs:/")):
@@ -161,7 +164,7 @@ def resolve_checkpoint(uri_or_path: str) -> ResolvedCheckpoint:
         version = _registry_call(uri_or_path, "get_model_version", match["name"], match["version"]).version
     download_dir = Path(tempfile.mkdtemp(prefix="crn-model-"))
     try:
-        checkpoint = _download_checkpoint(download_uri, download_dir)
+        checkpoint = _download_checkpoint(download_uri, download_dir, artifact_key)
     except Exception:
         shutil.rmtree(download_dir, ignore_errors=True)
         raise
@@ -185,8 +188,8 @@ def _download_s3_checkpoint(uri: str) -> ResolvedCheckpoint:
     return ResolvedCheckpoint(path=path, uri=uri, version=None, download_dir=download_dir)
 
 
-def _download_checkpoint(uri: str, download_dir: Path) -> Path:
-    """The checkpoint file of a logged CRN model (via its MLmodel file), or `uri` if it is one."""
+def _download_checkpoint(uri: str, download_dir: Path, artifact_key: str = CHECKPOINT_KEY) -> Path:
+    """The checkpoint file of a logged model (via its MLmodel file), or `uri` if it is one."""
     import mlflow.artifacts
     from mlflow.models import Model
 
@@ -197,9 +200,10 @@ def _download_checkpoint(uri: str, download_dir: Path) -> Path:
         mlmodel = None
     if mlmodel is not None and mlmodel.is_file():
         flavor = Model.load(str(mlmodel)).flavors.get("python_function", {})
-        artifact = flavor.get("artifacts", {}).get(CHECKPOINT_KEY)
+        artifact = flavor.get("artifacts", {}).get(artifact_key)
         if artifact is None:
-            raise UserError(f"model {uri}: an MLflow model without a CRN checkpoint (not logged by log_and_register)")
+            raise UserError(f"model {uri}: an MLflow model without a '{artifact_key}' artifact (not logged by this "
+                            "project for this use)")
         target_uri = f"{uri.rstrip('/')}/{artifact['path']}"
     else:
         target_uri = uri  # not a logged model: the URI names a checkpoint file itself

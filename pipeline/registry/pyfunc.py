@@ -17,6 +17,8 @@ from crn.inference import generate_images
 
 # The key of the checkpoint among the logged model's artifacts.
 CHECKPOINT_KEY = "checkpoint"
+# The key of a segmenter's TorchScript file among its logged model's artifacts (pipeline.registry.segmenters).
+SEGMENTER_KEY = "segmenter"
 
 
 class CRNPythonModel(mlflow.pyfunc.PythonModel):

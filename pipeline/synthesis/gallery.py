@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,32 @@ img {{ width: {THUMBNAIL_WIDTH}px; image-rendering: pixelated; display: block; }
 </table>
 </body></html>
 """
+
+
+def evaluation_details(fs, root: str) -> dict[str, str]:
+    """One header line per evaluation of these images: the scores the evaluation job left in
+    `<output>/evaluations/<protocol id>.json` (docs/contracts.md), so the page shows them."""
+    import pyarrow.fs as pafs
+
+    from pipeline.fs import join, read_bytes
+
+    selector = pafs.FileSelector(join(root, "evaluations"), allow_not_found=True)
+    details = {}
+    for info in sorted(fs.get_file_info(selector), key=lambda i: i.path):
+        if not info.path.endswith(".json"):
+            continue
+        try:
+            record = json.loads(read_bytes(fs, info.path))
+            m = record["metrics"]
+            ratio = "n/a" if m.get("miou_ratio") is None else f"{m['miou_ratio']:.3f}"
+            fid = f"FID {m['fid']:.2f}" if m.get("fid") is not None else record.get("fid_note") or "FID not computed"
+            details[f"scores (protocol {record['protocol_id']})"] = (
+                f"mIoU {m['miou']:.3f} vs {m['real_miou']:.3f} on the real photos (ratio {ratio}); pixel accuracy "
+                f"{m['pixel_accuracy']:.3f} vs {m['real_pixel_accuracy']:.3f}; diversity {m['diversity']:.4f}; {fid}; "
+                f"segmenter {record['segmenter']['uri']}; split {record['protocol']['split']}")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a record of ours: the gallery shows the images regardless
+    return details
 
 
 def _image_cell(image: np.ndarray, resample: Image.Resampling) -> str:

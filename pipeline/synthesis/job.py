@@ -36,7 +36,7 @@ from pipeline.records import log_model_input, start_job_run
 from pipeline.runtime import init_ray
 from pipeline.synthesis.actor import SynthesisActor
 from pipeline.synthesis.config import SynthesizeConfig
-from pipeline.synthesis.gallery import GallerySample, gallery_html
+from pipeline.synthesis.gallery import GallerySample, evaluation_details, gallery_html
 from pipeline.synthesis.outputs import (
     GALLERY_FILE,
     JOB_FILE,
@@ -177,6 +177,7 @@ def log_to_mlflow(plan: SynthesisPlan, fs, root: str, result: Synthesized, manif
             "resolution": identity.resolution,
             "output": plan.config.output,
             "images": str(len(result.images)),
+            **evaluation_details(fs, root),
         },
     )
     # Beside the images too, so a person can open it without the MLflow UI.

@@ -1,0 +1,52 @@
+"""The evaluation protocol: what makes two evaluations' numbers comparable, hashed into an id.
+
+Scores depend on the segmenter (its weights), the label schema, the resolution, the images
+scored (split and sample ids) and, for FID, the Inception weights. Two evaluations are
+compared only when all of these are equal, that is when their protocol ids are equal
+(the registry gate, pipeline.registry.gate, never compares across ids).
+
+    protocol = Protocol(segmenter_sha256=..., schema_fingerprint=..., resolution="64x128",
+                        split="val", sample_ids_sha256=..., num_samples=16, fid_weights_sha256=None)
+    protocol.id          # 16 hex digits of the sha256 of its canonical JSON
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+PROTOCOL_FORMAT = "crn-evaluation-protocol/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    segmenter_sha256: str
+    schema_fingerprint: str
+    resolution: str  # "HxW": images are scored at this size
+    split: str
+    sample_ids_sha256: str  # of the sorted sample ids, one per line (sample_ids_digest)
+    num_samples: int
+    fid_weights_sha256: str | None  # None: FID not computed
+
+    def to_dict(self) -> dict:
+        return {"format": PROTOCOL_FORMAT, **dataclasses.asdict(self)}
+
+    @property
+    def id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def sample_ids_digest(sample_ids: Iterable[str]) -> str:
+    """sha256 of the sorted ids, one per line: the same set in any order gives the same digest."""
+    return hashlib.sha256("\n".join(sorted(sample_ids)).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
