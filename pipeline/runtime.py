@@ -76,6 +76,9 @@ def setup_mlflow(experiment: str) -> str:
     """Point MLflow at `tracking_uri()` and select (creating if needed) `experiment`."""
     import mlflow
 
+    from pipeline.console import quiet_mlflow_chatter
+
+    quiet_mlflow_chatter()
     uri = use_tracking_store()
     if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(experiment) is None:
         # A SQLite store's default artifact root is ./mlruns in whatever the working directory
@@ -100,10 +103,16 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     """
     import ray
 
+    from pipeline import console
+
     if ray.is_initialized():
         return
+    console.quiet_driver_notices()
+    # Every worker process of the job runs the setup hook (pipeline.console says why).
+    runtime_env = {"worker_process_setup_hook": console.point_state_api_at_own_cluster}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, runtime_env=runtime_env)
+        console.filter_worker_lines()
         return
     if num_cpus is None:
         num_cpus = max(4, 2 * len(os.sched_getaffinity(0)))
@@ -113,4 +122,5 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     # address="local": a new instance of our own, even when a `ray start` head (the local
     # stack, someone else's) runs on this machine; ray.init() alone would join that one.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             log_to_driver=True)
+             log_to_driver=True, runtime_env=runtime_env)
+    console.filter_worker_lines()
