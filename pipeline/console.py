@@ -18,6 +18,8 @@ warning or error. Ray 2.60 adds four things to every job's console that are not:
 - An E-level `core_worker.cc` line about the `PreemptionWatcher` actor having "constructor
   arguments in the object store and max_restarts > 0": Ray Data and Train create that actor
   themselves. Dropped from what workers send to the driver (it stays in Ray's log files).
+  The same line about Ray Data's `MapWorker` actors is written by the driver's own C++ core
+  worker straight to stderr, out of Python's reach; it stays (README, "What a job prints").
 
 All of this is installed by `pipeline.runtime.init_ray`; nothing here changes what Ray does.
 MLflow's per-run chatter goes the same way (`quiet_mlflow_chatter`): the system-metrics

@@ -67,6 +67,9 @@ def use_tracking_store() -> str:
     """
     import mlflow
 
+    from pipeline.console import quiet_mlflow_chatter
+
+    quiet_mlflow_chatter()
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)  # the registry follows the tracking store unless told otherwise
     return uri
@@ -76,9 +79,6 @@ def setup_mlflow(experiment: str) -> str:
     """Point MLflow at `tracking_uri()` and select (creating if needed) `experiment`."""
     import mlflow
 
-    from pipeline.console import quiet_mlflow_chatter
-
-    quiet_mlflow_chatter()
     uri = use_tracking_store()
     if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(experiment) is None:
         # A SQLite store's default artifact root is ./mlruns in whatever the working directory

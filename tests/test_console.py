@@ -94,3 +94,12 @@ def test_resource_request_timeout_dropped_other_failures_one_line():
     other = _record("Failed to send resource request", RuntimeError("coordinator gone"))
     assert keep.filter(other)
     assert other.exc_info is None  # the message stays, the 20-line traceback goes
+
+
+def test_mlflow_chatter_off_once_the_tracking_store_is_chosen(monkeypatch):
+    from pipeline.runtime import use_tracking_store
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    use_tracking_store()  # the session's store (conftest)
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    assert logging.getLogger("mlflow.system_metrics").getEffectiveLevel() == logging.WARNING
