@@ -20,6 +20,8 @@ from bench import bench_gpu
 from bench.flops import count_flops
 from bench.peaks import dense_bf16_peak
 from bench.run_all import REQUIRED_FIELDS
+from crn.model import CRN
+from crn.presets import make_config
 from pipeline.training.config import parse_train_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,6 +52,20 @@ def test_flops_of_a_convolution_equal_the_count_by_hand():
     assert count_flops(lambda: F.conv2d(x, weight, padding=1).sum().backward()) == 3 * forward
 
 
+def test_generator_forward_flops_equal_the_count_by_hand():
+    config = make_config(SETTINGS.preset, bench_gpu.NUM_CLASSES)
+    expected, previous = 0, 0
+    for (height, width), channels in zip(config.resolutions, config.widths):
+        in_channels = previous + config.num_classes  # upsampled features, then the labels
+        expected += 2 * height * width * 9 * (in_channels * channels + channels * channels)  # conv1, conv2
+        previous = channels
+    expected += 2 * height * width * previous * 3 * config.num_outputs  # the 1x1 head
+    model = CRN(config)
+    onehot = torch.zeros(1, config.num_classes, height, width)
+    with torch.no_grad():
+        assert count_flops(lambda: model(onehot)) == expected
+
+
 def test_peak_table_takes_the_longest_matching_name():
     assert dense_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
     assert dense_bf16_peak("NVIDIA H100 PCIe") == 756e12
@@ -65,8 +81,10 @@ def test_training_step_part_measures_a_real_bf16_step(step_results, capsys):
     check_figures(step_results.figures, {
         "gpu_train_step_tflop", "gpu_train_step_s", "gpu_train_step_tflops", "gpu_channels_last_speedup",
         "gpu_train_step_memory_gib", "gpu_checkpointing_time_ratio", "gpu_checkpointing_memory_ratio"})
-    # FLOPs of the step the CPU preset runs: crn-tiny's generator forward alone is 1.1 GFLOP.
-    assert step_results.flops > 2e9
+    # The generator's forward, its backward (about twice that) and VGG-19 on K + 1 images.
+    config = make_config(SETTINGS.preset, bench_gpu.NUM_CLASSES)
+    generator_forward = count_flops(lambda: CRN(config)(torch.zeros(1, config.num_classes, *config.top_resolution)))
+    assert step_results.flops > 3 * generator_forward
     by_name = {f["name"]: f["value"] for f in step_results.figures}
     assert by_name["gpu_train_step_tflop"] == step_results.flops / 1e12
     assert by_name["gpu_train_step_tflops"] == pytest.approx(step_results.flops / step_results.timing.seconds / 1e12)
