@@ -7,7 +7,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all
+
+# The GPU check (bench/bench_gpu.py): training step, synthesis, 1024p, DDP, torch.compile; at most
+# about 8 minutes on one GPU. Without a GPU it says so and runs the same code on the CPU, tiny.
+bench-gpu: $(STAMP)
+	$(PY) -m bench.run_all bench_gpu
 
 clean:
 	rm -rf work/ bench/results.jsonl

@@ -119,6 +119,9 @@ def scratch_mlflow(scratch: Path):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved
+        # MLflow's own setting too: a caller that goes on using MLflow (a test session) must
+        # not keep logging into the scratch store, which is deleted.
+        mlflow.set_tracking_uri(saved)
 
 
 def run(quick: bool = False) -> list[dict]:

@@ -66,10 +66,13 @@ class TrainConfig:
                                                        "over that epoch (spec 3.3); 0 = never; default: 1 when the "
                                                        "layer weights start uncalibrated, else never",
                                                  check=non_negative, identity=True)
-    # --- memory ---
+    # --- memory and speed ---
     precision: str = option("fp32", "bf16 = bfloat16 autocast", choices=PRECISIONS, identity=True)
     activation_checkpointing: bool = option(False, "recompute each refinement module's activations in the "
                                                    "backward pass (less memory)")
+    compile: bool = option(False, "torch.compile the generator and the loss network: fuses the element-wise work "
+                                  "around the convolutions; the first steps take minutes to compile "
+                                  "(make bench-gpu measures whether it pays)")
     # --- progressive stages ---
     init_from: str = option("", "progressive stage: start from this lower-stage checkpoint file or models:/ URI "
                                 "(its refinement modules, never its head); required for a preset whose recipe starts "
