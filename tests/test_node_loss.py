@@ -184,10 +184,9 @@ def s3_files(uri: str) -> dict[str, bytes]:
 def test_synthesis_survives_the_loss_of_a_node(s3_labels, ray_session, tmp_path):
     """A pool of 2 CPU actors of 2 threads, one per node, crn-mid (128x256, about half a
     second a map) over 24 label maps on S3, one map per batch, images to S3. Once both
-    actors are alive and images arrive, one node is removed and a new one joins (the
-    survivor has no room for a second actor). The job (or its re-run, if it failed) ends
-    with one image per (sample, variant), byte for byte those of an uninterrupted run on
-    the session's one-node Ray (one actor there: 4 CPUs)."""
+    actors are alive and images arrive, one node is removed for good. The job (or its
+    re-run, if it failed) ends with one image per (sample, variant), byte for byte those of
+    an uninterrupted run on the session's one-node Ray (one actor there: 4 CPUs)."""
     model = make_test_checkpoint(tmp_path / "mid.pt", seed=5, preset="crn-mid")
     # Batch size and threads fix the pixels (pipeline.synthesis.outputs); the actor count does not.
     common = ["--model", str(model), "--labels", s3_labels, "--batch-size", "1", "--threads-per-actor", "2",
@@ -199,11 +198,14 @@ def test_synthesis_survives_the_loss_of_a_node(s3_labels, ray_session, tmp_path)
           "images at removal", len(result["images_at_removal"]))
     assert result["exit_codes"][-1] == 0, result["outputs"][-1]
 
-    # The pool had one actor on each node; the lost node's actor restarted on the new one.
-    assert sorted(a["node"] for a in result["pool_at_removal"]) == sorted(result["worker_nodes"])
+    # The pool had one actor on each node. Ray Data restarted the lost one on the survivor
+    # (once the other actor, its work done, had freed the room) to redo its batches.
+    nodes = result["worker_nodes"]
+    assert sorted(a["node"] for a in result["pool_at_removal"]) == sorted(nodes)
     [moved] = [a for a in result["pool_at_removal"] if a["node"] == result["lost_node"]]
     [after] = [a for a in result["actors"] if a["id"] == moved["id"]]
-    assert after["restarts"] >= 1 and after["node"] == result["replacement_node"], after
+    [survivor] = [n for n in nodes if n != result["lost_node"]]
+    assert after["restarts"] >= 1 and after["node"] == survivor, after
     assert 0 < len(result["images_at_removal"]) < SYNTH_MAPS * 2, "the node was not lost mid-job"
 
     reference = f"s3://{BUCKET}/node-loss/synth-reference-{uuid.uuid4().hex[:8]}"
