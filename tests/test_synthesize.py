@@ -221,6 +221,9 @@ def test_command_line_errors_are_one_line(store, checkpoint, reference_run, tmp_
         (["--model", "models:/no-such-model@champion"], "models:/no-such-model@champion"),
         (["--seed", "8", "--output", str(reference_output)], "holds images made with seed=7"),
         (["--seed", "7", "--batch-size", "8", "--output", str(reference_output)], "holds images made with batch_size=4"),
+        # The session's Ray has 4 CPUs; a pool that took them all would starve its reads.
+        (["--num-actors", "2", "--threads-per-actor", "2"], "2 actor(s) x 2 CPU and 1 CPU for reading and writing "
+                                                            "need 5 CPUs; the Ray cluster has 4"),
     ]
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     larger = make_test_checkpoint(tmp_path / "mid.pt", seed=3, preset="crn-mid")  # top 128x256

@@ -94,6 +94,8 @@ def loss_steps(run_id: str) -> list[int]:
     (["--resolution", "64x128"], "--resolution 64x128: preset crn-tiny makes 32x64 images"),
     (["--batch-size", "5", "--num-workers", "2"], "has 8 training samples: too few for 2 worker(s) x batch 5"),
     (["--train-modules", "64x128"], "--train-modules '64x128': unknown module(s) 64x128"),
+    (["--num-workers", "2", "--placement-strategy", "STRICT_SPREAD"],
+     "STRICT_SPREAD puts each of 2 worker(s) on a node of its own, with 1 CPU; the Ray cluster has 1 such node(s)"),
 ])
 def test_bad_input_is_one_line_before_any_worker(toy_store, ray_session, capsys, extra, message):
     code = entrypoint(train_main)(tiny_argv(toy_store, unique("bad"), *extra))

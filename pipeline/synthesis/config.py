@@ -36,7 +36,8 @@ class SynthesizeConfig:
                         check=non_negative)
     # --- compute ---
     batch_size: int = option(8, "label maps per forward pass", check=at_least(1))
-    num_actors: int = option(0, "most actors in the pool; 0 = one per GPU in the cluster with --use-gpu, else 1",
+    num_actors: int = option(0, "actors in the pool, all started at once; 0 = one per GPU in the cluster with "
+                                "--use-gpu, else 1",
                              check=non_negative)
     use_gpu: bool = option(False, "one GPU per actor")
     threads_per_actor: int = option(0, "torch threads (and logical CPUs) per CPU actor; 0 = this machine's cores / "

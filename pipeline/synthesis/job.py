@@ -82,11 +82,29 @@ def _drop_samples(batch: dict[str, np.ndarray], skip: set[str]) -> dict[str, np.
     return {name: column[keep] for name, column in batch.items()}
 
 
-def synthesize(plan: SynthesisPlan, fs, root: str) -> Synthesized:
+def actor_pool_size(config: SynthesizeConfig) -> int:
+    """The pool's actor count (`--num-actors`, else one per GPU with --use-gpu), once the
+    cluster is known to hold them and still have a CPU for the reads and writes beside: a
+    pool that takes every CPU starves the tasks that feed it, and the job hangs."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    num_actors = config.num_actors or max(1, int(gpus))
+    if config.use_gpu and gpus < num_actors:
+        raise UserError(f"{num_actors} actor(s) with --use-gpu need {num_actors} GPU(s); the Ray cluster has {gpus:g}")
+    cpus_per_actor = 1 if config.use_gpu else config.threads_per_actor
+    needed = num_actors * cpus_per_actor + 1
+    if needed > cpus:
+        raise UserError(f"{num_actors} actor(s) x {cpus_per_actor} CPU and 1 CPU for reading and writing need "
+                        f"{needed} CPUs; the Ray cluster has {cpus:g} (lower --num-actors or --threads-per-actor)")
+    return num_actors
+
+
+def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesized:
     """Run the actor pool over the samples whose images are not all on disk yet."""
     import ray
     import ray.data
-
 
     config, num_outputs = plan.config, plan.model_config.num_outputs
     existing = list_existing(fs, root, num_outputs)
@@ -100,7 +118,6 @@ def synthesize(plan: SynthesisPlan, fs, root: str) -> Synthesized:
         dataset = dataset.map_batches(_drop_samples, fn_kwargs={"skip": complete}, batch_format="numpy")
     if config.limit:
         dataset = dataset.limit(config.limit)
-    num_actors = config.num_actors or max(1, int(ray.cluster_resources().get("GPU", 0)))
     # Blocks of one batch each: a store part can hold thousands of rows, and one block goes
     # to one actor task, so without this a single actor would get the whole part, and its
     # results (and the progress bar) would only come back at the end.
@@ -117,7 +134,13 @@ def synthesize(plan: SynthesisPlan, fs, root: str) -> Synthesized:
         },
         batch_size=config.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_actors),
+        # A pool of exactly `num_actors`, all started at once (actor_pool_size checked they
+        # fit). An autoscaling pool (from 1 up to num_actors) grows only within Ray Data's
+        # share of the CPUs for this stage, which one actor of several threads already
+        # fills: `--num-actors 2` of 2 threads on 6 CPUs ran every batch on one actor, the
+        # other never started (found by tests/test_node_loss.py). An actor lost with its
+        # node is restarted by Ray Data, its batches retried, wherever the cluster has room.
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=1 if config.use_gpu else 0,
         num_cpus=1 if config.use_gpu else config.threads_per_actor,
     )
@@ -206,6 +229,8 @@ class SynthesisOutcome:
 def run(config: SynthesizeConfig) -> SynthesisOutcome:
     """The whole job for a parsed config (not a dry run: see jobs/synthesize.py)."""
     plan = make_plan(config)
+    init_ray()
+    num_actors = actor_pool_size(config)  # before the output is claimed: job.json pins the threads
     try:
         fs, root = filesystem_for(config.output)
         claim_output(fs, root, config.output, plan.identity, {"larger_inputs": plan.input.larger})
@@ -216,7 +241,6 @@ def run(config: SynthesizeConfig) -> SynthesisOutcome:
         print(f"note: {sum(plan.input.larger.values())} label maps are larger than the model's "
               f"{plan.identity.resolution}: each is downsampled to it by nearest neighbour ({sizes}; "
               f"recorded in {JOB_FILE})")
-    init_ray()
 
     import mlflow
 
@@ -231,7 +255,7 @@ def run(config: SynthesizeConfig) -> SynthesisOutcome:
             "crn.model_sha256": plan.identity.model_sha256,
             "crn.output": config.output,
         })
-        result = synthesize(plan, fs, root)
+        result = synthesize(plan, fs, root, num_actors)
         manifest = write_manifest(fs, root, manifest_table(result.images, plan.identity))
         rejects = write_rejects(fs, root, result.rejects)
         log_to_mlflow(plan, fs, root, result, manifest, rejects)

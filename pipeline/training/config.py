@@ -27,6 +27,7 @@ from pipeline.errors import UserError
 from pipeline.training.recipe import ALL_MODULES, layer_weights_choice, recipe_for
 
 PRECISIONS = ("fp32", "bf16")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 AUTO = "auto"
 
 @dataclass
@@ -42,6 +43,11 @@ class TrainConfig:
     num_workers: int = option(1, "Ray Train workers (DDP ranks)", check=at_least(1), identity=True)
     use_gpu: bool = option(False, "one GPU per worker (NCCL); otherwise CPU workers with gloo")
     cpus_per_worker: float = option(1.0, "logical CPUs each worker reserves (the rest run Ray Data)", check=positive)
+    placement_strategy: str = option("PACK", "how the workers are placed on the cluster's nodes (Ray placement group "
+                                             "strategies): PACK fills nodes in turn, SPREAD prefers distinct nodes, "
+                                             "STRICT_SPREAD puts every worker on a node of its own (a lost node then "
+                                             "takes one rank with it), STRICT_PACK all on one node",
+                                     choices=PLACEMENT_STRATEGIES)
     threads_per_worker: int = option(0, "torch threads per CPU worker; 0 = the node's cores divided among its workers",
                                      check=non_negative)
     # --- schedule ---

@@ -57,6 +57,16 @@ def check_resources(config: TrainConfig) -> None:
     if needed > cpus:
         raise UserError(f"{config.num_workers} worker(s) x {config.cpus_per_worker:g} CPU need {needed:g} CPUs; "
                         f"the Ray cluster has {cpus:g} (lower --num-workers or --cpus-per-worker)")
+    if config.placement_strategy == "STRICT_SPREAD":
+        # Needs that many nodes, not only the total: without them Ray would wait for nodes
+        # that never come (until the worker group's start timeout).
+        per_worker = {"CPU": config.cpus_per_worker, **({"GPU": 1.0} if config.use_gpu else {})}
+        fitting = sum(all(node["Resources"].get(k, 0.0) >= v for k, v in per_worker.items())
+                      for node in ray.nodes() if node["Alive"])
+        if fitting < config.num_workers:
+            wanted = " and ".join(f"{v:g} {k}" for k, v in per_worker.items())
+            raise UserError(f"--placement-strategy STRICT_SPREAD puts each of {config.num_workers} worker(s) on a node "
+                            f"of its own, with {wanted}; the Ray cluster has {fitting} such node(s)")
 
 
 def warn_if_random_vgg(plan: TrainPlan) -> None:
@@ -90,6 +100,7 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int, train_loop: Callable[[d
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
             use_gpu=config.use_gpu,
+            placement_strategy=config.placement_strategy,
             resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
         ),
         run_config=RunConfig(
@@ -143,8 +154,11 @@ def run(config: TrainConfig, train_loop: Callable[[dict], dict] = train_loop_per
         final = result.return_value or {}
         mlflow.set_tags({"crn.final_checkpoint": result.checkpoint.path, "crn.registered_version": version})
         if "loss_weights" in final:  # a re-run of a finished run has no return value
+            # resumed_from_step: where the last attempt started (0: from scratch), after a lost
+            # worker or node, or a re-run of the same command; the run's curves do not show it.
             mlflow.set_tags({"crn.final_layer_weights": json.dumps(final["loss_weights"]),
-                             "crn.recalibration_means": json.dumps(final["recalibration_means"])})
+                             "crn.recalibration_means": json.dumps(final["recalibration_means"]),
+                             "crn.resumed_from_step": str(final["resumed_from_step"])})
     print(f"trained {plan.config.run_name} to step {final.get('step', '?')} (epoch {final.get('epoch', '?')}); "
           f"registered models:/{plan.config.model_name}/{version} as @{plan.config.alias}; "
           f"MLflow run {active.info.run_id}")
