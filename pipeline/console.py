@@ -8,7 +8,7 @@ warning or error. Ray 2.60 adds four things to every job's console that are not:
 - A PlacementGroupCleaner traceback, "Found multiple active Ray instances", whenever another
   Ray instance runs on the machine. Ray Train's cleaner asks the state API about its
   controller without an address, and the state API then looks for every GCS process on the
-  machine. This is fixed, not hidden: `point_state_api_at_own_cluster` runs in every worker
+  machine. This is fixed, not hidden: `prepare_worker_process` runs in every worker
   process of our jobs (a runtime-env setup hook) and sets `RAY_ADDRESS` to the worker's own
   cluster, which is the first place the state API looks.
 - "Failed to send resource request ... GetTimeoutError" with a 20-line traceback from Ray
@@ -21,7 +21,7 @@ warning or error. Ray 2.60 adds four things to every job's console that are not:
   The same line about Ray Data's `MapWorker` actors is written by the driver's own C++ core
   worker straight to stderr, out of Python's reach; it stays (README, "What a job prints").
 
-All of this is installed by `pipeline.runtime.init_ray`; nothing here changes what Ray does.
+All of this is installed by `pipeline.runtime.init_ray`; none of it changes what a job computes.
 MLflow's per-run chatter goes the same way (`quiet_mlflow_chatter`): the system-metrics
 monitor's start/stop INFO lines and the artifact download progress bar of every registration.
 """
@@ -69,10 +69,11 @@ def quiet_mlflow_chatter() -> None:
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
-def point_state_api_at_own_cluster() -> None:
+def prepare_worker_process() -> None:
     """Runs in every worker process of a job started through `init_ray` (Ray's
     `worker_process_setup_hook`): the state API and anything else that looks for "the" Ray
-    instance finds this worker's own cluster, not every GCS on the machine."""
+    instance finds this worker's own cluster, not every GCS on the machine; and Ray Train's
+    retried resource-request timeouts stay off the console (see the module's docstring)."""
     import ray
 
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address

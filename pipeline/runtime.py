@@ -109,7 +109,7 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
         return
     console.quiet_driver_notices()
     # Every worker process of the job runs the setup hook (pipeline.console says why).
-    runtime_env = {"worker_process_setup_hook": console.point_state_api_at_own_cluster}
+    runtime_env = {"worker_process_setup_hook": console.prepare_worker_process}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, runtime_env=runtime_env)
         console.filter_worker_lines()

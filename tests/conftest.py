@@ -78,12 +78,12 @@ def ray_session(s3_endpoint):
     """One local Ray instance for the session; workers see the S3 endpoint and MLflow store."""
     import ray
 
-    from pipeline.console import point_state_api_at_own_cluster
+    from pipeline.console import prepare_worker_process
 
     # address="local": our own instance even when a `ray start` head runs on the machine. The
     # setup hook as in pipeline.runtime.init_ray: Ray Train's cleaner then finds this instance.
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": point_state_api_at_own_cluster})
+             runtime_env={"worker_process_setup_hook": prepare_worker_process})
     yield ray
     ray.shutdown()
 

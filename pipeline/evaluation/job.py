@@ -186,8 +186,10 @@ def score(plan: EvaluationPlan):
     import ray.data
 
     from pipeline.evaluation.scoring import ScoringActor, Totals, attach_variants
+    from pipeline.synthesis.job import check_pool_fits
 
     config, num_classes = plan.config, plan.schema.void_index
+    check_pool_fits(config.num_actors, config.threads_per_actor)
     fs, root = filesystem_for(plan.synthesized)
     dataset = plan.store.dataset(config.split, plan.resolution)
     dataset = dataset.repartition(target_num_rows_per_block=config.batch_size).map_batches(
@@ -199,7 +201,9 @@ def score(plan: EvaluationPlan):
                                "num_threads": config.threads_per_actor, "batch_size": config.batch_size,
                                "fid_weights": ray.put(plan.fid_weights.read_bytes()) if plan.fid_weights else None},
         batch_size=config.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.num_actors),
+        # A fixed size, as synthesis: an autoscaling pool grows only within Ray Data's CPU share
+        # for the stage, which one actor of several threads fills (pipeline.synthesis.job).
+        compute=ray.data.ActorPoolStrategy(size=config.num_actors),
         num_cpus=config.threads_per_actor,
     )
     totals = Totals(num_classes)

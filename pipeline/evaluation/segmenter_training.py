@@ -301,17 +301,15 @@ def start_or_resume_run(config: SegmenterTrainConfig):
     import mlflow
 
     from pipeline.fs import uri_join
+    from pipeline.training.tracking import RUN_TAG, finished_run
 
     run_dir = uri_join(config.storage_path, config.run_name)
-    previous = mlflow.search_runs(experiment_names=[config.experiment], output_format="list", max_results=1,
-                                  filter_string=f"tags.`crn.ray_run` = '{run_dir}' and "
-                                                f"tags.`crn.registered_version` != ''")
     description = (f"Segmenter ({config.architecture}, {config.resolution}) trained "
                    f"from scratch on the train photos of {config.store}, to score synthesized images.")
-    if previous:
-        return start_job_run(config.experiment, description=description, run_id=previous[0].info.run_id)
+    if finished := finished_run(config.experiment, run_dir):
+        return start_job_run(config.experiment, description=description, run_id=finished[0])
     active = start_job_run(config.experiment, description=description, run_name=config.run_name,
-                           tags={"crn.ray_run": run_dir})
+                           tags={RUN_TAG: run_dir})
     mlflow.log_params({key: str(value) for key, value in to_dict(config).items()})
     return active
 

@@ -84,21 +84,29 @@ def _drop_samples(batch: dict[str, np.ndarray], skip: set[str]) -> dict[str, np.
 
 def actor_pool_size(config: SynthesizeConfig) -> int:
     """The pool's actor count (`--num-actors`, else one per GPU with --use-gpu), once the
-    cluster is known to hold them and still have a CPU for the reads and writes beside: a
-    pool that takes every CPU starves the tasks that feed it, and the job hangs."""
+    cluster is known to hold them (`check_pool_fits`)."""
+    import ray
+
+    num_actors = config.num_actors or max(1, int(ray.cluster_resources().get("GPU", 0.0)))
+    check_pool_fits(num_actors, 1 if config.use_gpu else config.threads_per_actor, 1 if config.use_gpu else 0)
+    return num_actors
+
+
+def check_pool_fits(num_actors: int, cpus_per_actor: int, gpus_per_actor: int = 0) -> None:
+    """A fixed-size actor pool must fit in the cluster and still leave a CPU for the reads and
+    writes beside it: a pool that takes every CPU starves the tasks that feed it, and the job
+    hangs. Also used by the evaluation's scoring pool."""
     import ray
 
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    num_actors = config.num_actors or max(1, int(gpus))
-    if config.use_gpu and gpus < num_actors:
-        raise UserError(f"{num_actors} actor(s) with --use-gpu need {num_actors} GPU(s); the Ray cluster has {gpus:g}")
-    cpus_per_actor = 1 if config.use_gpu else config.threads_per_actor
+    if gpus_per_actor and gpus < num_actors * gpus_per_actor:
+        raise UserError(f"{num_actors} actor(s) with --use-gpu need {num_actors * gpus_per_actor} GPU(s); the Ray "
+                        f"cluster has {gpus:g}")
     needed = num_actors * cpus_per_actor + 1
     if needed > cpus:
         raise UserError(f"{num_actors} actor(s) x {cpus_per_actor} CPU and 1 CPU for reading and writing need "
                         f"{needed} CPUs; the Ray cluster has {cpus:g} (lower --num-actors or --threads-per-actor)")
-    return num_actors
 
 
 def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesized:
