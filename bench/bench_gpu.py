@@ -337,13 +337,7 @@ def forward_images_per_s(model: CRN, labels: np.ndarray, device: str, bf16: bool
 
 
 def synthesis_figures(settings: Settings, device: str, scratch: Path) -> list[dict]:
-    from bench.bench_synthesize import (
-        images_per_s_after_first_batch,
-        make_checkpoint,
-        make_store,
-        quiet,
-        scratch_mlflow,
-    )
+    from bench.bench_synthesize import make_checkpoint, make_store, quiet, scratch_mlflow
     from crn.checkpoint import load_checkpoint, model_from_checkpoint
     from pipeline.data.store import decode_labels, label_column, open_store
     from pipeline.synthesis.config import parse_synthesize_config
@@ -359,7 +353,7 @@ def synthesis_figures(settings: Settings, device: str, scratch: Path) -> list[di
     threads = torch.get_num_threads()
 
     model = model_from_checkpoint(load_checkpoint(checkpoint)).to(device)
-    # At least two batches: the job's pace once its actor is up is read off the files after its first batch.
+    # At least two batches: the job records its pace after its first batch (once its actor is up).
     sizes = [b for b in settings.synth_batch_sizes if 2 * b <= len(labels)]
     with synthesis_cudnn_settings():
         forward = {b: forward_images_per_s(model, labels, device, gpu, b) for b in sizes}
@@ -374,7 +368,7 @@ def synthesis_figures(settings: Settings, device: str, scratch: Path) -> list[di
             "--model", str(checkpoint), "--store", str(store), "--split", "val", "--output", str(scratch / "out"),
             "--batch-size", str(batch), "--num-actors", "1", "--experiment", experiment, *compute]))
     job = outcome.metrics["images_per_s"]
-    after_ready = images_per_s_after_first_batch(scratch / "out" / "images", batch * config.num_outputs)
+    after_ready = outcome.metrics["images_per_s_after_first_batch"]
     what = (f"{settings.preset} ({resolution}, K={config.num_outputs}), {settings.synth_samples} label maps, "
             f"batches of {batch}, {'1 GPU, bf16' if gpu else f'CPU fp32, {threads} threads'}")
     forward_text = ", ".join(f"{b}: {v:.0f}" for b, v in forward.items())
@@ -383,8 +377,8 @@ def synthesis_figures(settings: Settings, device: str, scratch: Path) -> list[di
                f"bare forward pass (crn.inference.generate_images: one-hot, network, uint8 to the host) at the best "
                f"batch size (images/s by batch size: {forward_text}), {what}", name),
         figure("gpu_synth_job_images_per_s", after_ready, "images/s", SYNTH_IMAGES_PER_S_GOAL if gpu else "n/a",
-               f"the synthesis job (Ray Data, 1 actor, PNGs written) once its actor is up: images after the first "
-               f"batch over the time from the first batch's files to the last file (mtimes), {what}", name),
+               f"the synthesis job (Ray Data, 1 actor, PNGs written) once its actor is up, as it records it "
+               f"(images_per_s_after_first_batch: from the first batch back to the last), {what}", name),
         figure("gpu_synth_job_end_to_end_images_per_s", job, "images/s", "n/a",
                f"the same job end to end as it measures itself (actor start-up and model build included: a fixed "
                f"cost that a longer job amortises), {what}", name),

@@ -229,7 +229,10 @@ def run(quick: bool = False) -> list[dict]:
         make_data_set(few, settings["distinct"], 8, size, scratch)
 
         cores = len(os.sched_getaffinity(0))
-        init_ray(num_cpus=max(4, 2 * cores))  # started before timing: on a cluster Ray is already up
+        # Started before timing: on a cluster Ray is already up. With the dashboard, because
+        # `bench.run_all` runs the later benchmarks on this instance, and Ray Train's state
+        # queries (bench_train_loop) need it.
+        init_ray(num_cpus=max(4, 2 * cores), dashboard=True)
         # Warm-up over the same data: every Ray worker starts, imports its modules and reaches
         # its working size before anything is timed or measured.
         run_job(one, scratch / "warm-store", rows_per_file)

@@ -11,8 +11,9 @@ step function (pipeline.training.loop.train_step) and the same torch threads:
   by index from the store (pipeline.data.rows, the next batch in a background thread),
   one-hot on the worker, a report every 10 steps (its per-step losses go to MLflow). The
   loop's own steps/s per report window (MLflow metric `steps_per_s`) are the measurements.
-- plain: the store's rows read once with pyarrow into memory, then the same steps in this
-  process, timed over the same 10-step windows. Plain runs and Ray jobs take turns (plain,
+- plain: the store's rows read once with pyarrow into memory, then the same steps in a child
+  process set up as the CPU training worker is (bench.child: its allocator settings), timed
+  over the same 10-step windows. Plain runs and Ray jobs take turns (plain,
   Ray, plain, Ray, plain), and both sides get the same number of measured windows.
 Each side's figure is its best window after the first (which holds the warm-up): on a
 small machine shared with other jobs, the best window is the one least disturbed, on both
@@ -29,19 +30,26 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.child import lower_priority, ray_worker_niceness, run_child, serve_child
 from crn.labels import one_hot
 from crn.losses import LAYER_WEIGHTS, CRNLoss
 from crn.model import CRN
 from crn.presets import make_config
-from pipeline.data.store import decode_labels, decode_photos, label_column, open_store, photo_column
+from pipeline.data.store import (
+    decode_labels,
+    decode_photos,
+    label_column,
+    open_store,
+    photo_column,
+)
+from pipeline.options import from_dict, to_dict
 from pipeline.training.config import TrainConfig, resolve
-from pipeline.training.loop import loss_network, train_step
+from pipeline.training.loop import loss_network, place_loss_network, train_step
 
 # More samples than steps: every timed step lies inside the first epoch.
 # Each Ray job runs `steps`: (steps / WINDOW - 1) measured windows. Plain loops and Ray jobs
@@ -73,7 +81,8 @@ def plain_window_rates(config: TrainConfig, steps: int) -> list[float]:
     photos = torch.from_numpy(decode_photos(table.column(photo_column(config.resolution)), config.resolution).copy())
     torch.manual_seed(config.seed)
     model = CRN(make_config(config.preset, store.schema.num_classes, config.num_outputs)).train()
-    loss_fn = CRNLoss(loss_network(config), LAYER_WEIGHTS[config.loss_weights])
+    # The loss network placed as the worker places it (channels_last on a CPU).
+    loss_fn = CRNLoss(place_loss_network(loss_network(config), torch.device("cpu")), LAYER_WEIGHTS[config.loss_weights])
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     order = np.random.default_rng(config.seed).permutation(len(labels))
     rates, start = [], time.perf_counter()
@@ -89,24 +98,10 @@ def plain_window_rates(config: TrainConfig, steps: int) -> list[float]:
     return rates
 
 
-def ray_worker_niceness() -> int:
-    import ray
-
-    return ray.get(ray.remote(num_cpus=0)(lambda: os.getpriority(os.PRIO_PROCESS, 0)).remote())
-
-
-@contextmanager
-def niceness(value: int):
-    """Run this thread (the plain loop uses one torch thread: this one) at `value`."""
-    before = os.getpriority(os.PRIO_PROCESS, 0)
-    os.setpriority(os.PRIO_PROCESS, 0, value)
-    try:
-        yield
-    finally:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, before)
-        except PermissionError:  # only root may lower it again; harmless for a benchmark
-            pass
+def plain_rates(config: dict, steps: int, niceness: int) -> list[float]:
+    """The child process of the plain runs: `plain_window_rates` at Ray's worker niceness."""
+    lower_priority(niceness)
+    return plain_window_rates(from_dict(TrainConfig, config), steps)
 
 
 def ray_window_rates(run_id: str) -> list[float]:
@@ -149,9 +144,10 @@ def run(quick: bool = False) -> list[dict]:
             measured = sizes["steps"] // WINDOW - 1  # per Ray run; the first window is warm-up
             plain_steps = WINDOW * (ray_runs * measured // (ray_runs + 1) + 1)
             plain, ray_rates = [], []
+            niceness = ray_worker_niceness()
             for index in range(ray_runs + 1):
-                with niceness(ray_worker_niceness()):
-                    plain += plain_window_rates(config, plain_steps)[1:]
+                plain += run_child("bench.bench_train_loop", {"config": to_dict(config), "steps": plain_steps,
+                                                              "niceness": niceness})[1:]
                 if index < ray_runs:
                     ray_rates += ray_window_rates(train.run(job_config(index)).run_id)[1:]
         finally:
@@ -167,7 +163,7 @@ def run(quick: bool = False) -> list[dict]:
          "compared": f"Ray Train loop, 1 CPU worker, rows read by index, report every {WINDOW} steps, {sizes['ray_runs']} job(s) "
                      f"({len(ray_rates)} windows, mean {np.mean(ray_rates):.3f}); {setup}"},
         {"name": "train_plain_steps_per_s", "value": max(plain), "unit": "steps/s", "goal": "n/a",
-         "compared": f"plain PyTorch loop in one process, data in memory, taking turns with the Ray jobs "
+         "compared": f"plain PyTorch loop in a child process set up as the worker, data in memory, taking turns with the Ray jobs "
                      f"({len(plain)} windows, mean {np.mean(plain):.3f}); {setup}"},
         {"name": "train_ray_vs_plain", "value": max(ray_rates) / max(plain), "unit": "ratio", "goal": f">= {GOAL}",
          "compared": f"Ray Train loop vs plain loop steps/s, side by side (ratio of means "
@@ -176,6 +172,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
+    serve_child(plain_rates)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="crn-tiny, fewer steps")
     for figure in run(quick=parser.parse_args().quick):

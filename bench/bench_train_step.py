@@ -12,33 +12,39 @@ in alternation with the steps. Random VGG-19 weights: the weights do not change 
 Figures: the ratio in wall-clock time (the goal), the same ratio in process CPU time (which
 other processes on the machine barely disturb), and the step's wall time.
 
+It runs in a child process set up as a CPU training worker is (bench.child: the allocator
+settings of pipeline.runtime.CPU_WORKER_MALLOC_ENV), not in the process that ran the other
+benchmarks, whose heap it would otherwise find.
+
 What limits it (2-core AMD EPYC, torch 2.14 oneDNN, 2 threads): about 88% of the step is
 convolution, running at about 0.7 of the best single-shape rate (backward weight
 gradients and the 64-channel VGG layers are the slow ones); the rest is element-wise work
 (pooling, ReLU/LeakyReLU backward, the L1 differences, upsampling, normalisation).
+The loss network is placed as the training loop places it on a CPU
+(pipeline.training.loop.place_loss_network: VGG-19 in channels_last, about 7% off the step).
 Tried: the whole step in channels_last is slower (weight-gradient convolutions run 2-3x
-slower in that layout here); VGG-19 alone in channels_last measured the same as NCHW.
+slower in that layout here).
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.nn as nn
 
+from bench.child import run_child, serve_child
 from bench.flops import best_times, conv3x3_flops, conv3x3_times, count_flops
 from crn.labels import one_hot
 from crn.losses import LAYER_WEIGHTS, CRNLoss
 from crn.model import CRN
 from crn.presets import make_config
 from crn.vgg import VGG19Features
+from pipeline.training.loop import place_loss_network
 
 PRESET = "crn-mid"
 NUM_CLASSES = 20  # Cityscapes: 19 classes + void
 GOAL = 0.6
-# VGG-19 in channels_last measured no faster here (module docstring); kept as a switch to
-# re-check on other CPUs: run(vgg_channels_last=True).
-VGG_CHANNELS_LAST = False
 
 
 def make_batch(config, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,15 +80,18 @@ def conv_shapes_of(fn, modules: list[nn.Module]) -> dict[tuple[int, ...], int]:
     return shapes
 
 
-def run(quick: bool = False, vgg_channels_last: bool = VGG_CHANNELS_LAST) -> list[dict]:
+def run(quick: bool = False) -> list[dict]:
+    """The figures, measured in a child process set up as a CPU training worker is (bench.child)."""
+    return run_child("bench.bench_train_step", {"quick": quick})
+
+
+def measure(quick: bool) -> list[dict]:
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     load_before = os.getloadavg()[0]
     config = make_config(PRESET, NUM_CLASSES)
     model = CRN(config)
-    vgg = VGG19Features("random")
-    if vgg_channels_last:
-        vgg.to(memory_format=torch.channels_last)
+    vgg = place_loss_network(VGG19Features("random"), torch.device("cpu"))
     loss_fn = CRNLoss(vgg, LAYER_WEIGHTS["uncalibrated"])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     onehot, photo = make_batch(config)
@@ -128,7 +137,7 @@ def run(quick: bool = False, vgg_channels_last: bool = VGG_CHANNELS_LAST) -> lis
     setup = (
         f"{PRESET} training step (K={config.num_outputs}, batch 1, {config.top_resolution[0]}x"
         f"{config.top_resolution[1]}, CRNLoss with random-weight VGG-19"
-        f"{' in channels_last' if vgg_channels_last else ''}, Adam): {flops / 1e9:.1f} GFLOP "
+        f" in channels_last as a CPU worker places it, Adam): {flops / 1e9:.1f} GFLOP "
         f"(conv+matmul fwd+bwd, FlopCounterMode)"
     )
     conditions = (
@@ -153,3 +162,9 @@ def run(quick: bool = False, vgg_channels_last: bool = VGG_CHANNELS_LAST) -> lis
             "compared": f"{PRESET} step wall time, best of {rounds}; {conditions}",
         },
     ]
+
+
+if __name__ == "__main__":
+    serve_child(measure)
+    for figure in run(quick="--quick" in sys.argv[1:]):
+        print(f"{figure['name']:34s} {figure['value']:8.3f} {figure['unit']:6s} goal {figure['goal']:7s} {figure['compared']}")

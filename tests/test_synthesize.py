@@ -34,7 +34,7 @@ from pipeline.registry.models import log_and_register
 from pipeline.runtime import entrypoint, setup_mlflow
 from pipeline.synthesis.config import parse_synthesize_config as config_from_argv
 from pipeline.synthesis.job import run
-from pipeline.synthesis.outputs import encode_png
+from pipeline.synthesis.outputs import encode_png, write_images
 from pipeline.visualize import colorize, schema_palette
 
 RESOLUTION = "32x64"  # crn-tiny's top resolution
@@ -121,6 +121,8 @@ def test_mlflow_run_records_config_metrics_and_artifacts(store, checkpoint, refe
     metrics = run_data.data.metrics
     assert metrics["num_images"] == NUM_SAMPLES * TEST_NUM_OUTPUTS and metrics["num_rejects"] == 0
     assert metrics["num_skipped"] == 0 and metrics["images_per_s"] > 0
+    # Two batches: the start-up (the first one back) and the pace after it are recorded apart.
+    assert 0 < metrics["first_batch_s"] < metrics["elapsed_s"] and metrics["images_per_s_after_first_batch"] > 0
     artifacts = {a.path for a in MlflowClient().list_artifacts(outcome.run_id)}
     assert {"gallery.html", "manifest.parquet", "rejects.json"} <= artifacts
     local = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="manifest.parquet", dst_path=str(tmp_path)))
@@ -138,6 +140,22 @@ def test_mlflow_run_records_config_metrics_and_artifacts(store, checkpoint, refe
     labels = decode_labels(table.column(label_column(RESOLUTION)), RESOLUTION)
     label = labels[table.column("sample_id").to_pylist().index(first_id)]
     np.testing.assert_array_equal(shown, colorize(label, schema_palette(load_schema("cityscapes"))))
+
+
+def test_images_written_by_several_threads_are_the_same_files_and_rows(tmp_path):
+    """A CPU actor encodes and writes with its torch threads' count (pipeline.synthesis.actor)."""
+    batch = {
+        "sample_id": np.asarray(["a", "b/c", "d"], dtype=object),
+        "source": np.asarray(["a", "b/c", "d.png"], dtype=object),
+        "reject": np.asarray(["", "", "too small"], dtype=object),
+        "images": np.random.default_rng(0).integers(0, 256, (3, 2, 8, 16, 3), dtype=np.uint8),
+    }
+    rows = {t: write_images(batch, pafs.LocalFileSystem(), str(tmp_path / str(t)), {"a": [1]}, threads=t) for t in (1, 3)}
+    assert local_files(tmp_path / "1") == local_files(tmp_path / "3")
+    assert sorted(local_files(tmp_path / "1")) == ["images/a/0.png", "images/b/c/0.png", "images/b/c/1.png"]
+    for name in ("sample_id", "variant", "source", "reject"):
+        np.testing.assert_array_equal(rows[1][name], rows[3][name])
+    assert list(zip(rows[1]["sample_id"], rows[1]["variant"])) == [("a", 0), ("b/c", 0), ("b/c", 1), ("d", -1)]
 
 
 def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(store, checkpoint, reference_run, tmp_path):

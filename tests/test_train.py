@@ -23,6 +23,7 @@ import pytest
 import ray.train
 import torch
 from faults import dying_once
+from worker_probes import recording_environment
 from mlflow.tracking import MlflowClient
 
 from crn.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
@@ -37,7 +38,7 @@ from pipeline.data.schema import load_schema
 from pipeline.data.store import decode_labels, decode_photos, label_column, open_store, photo_column
 from pipeline.records import git_commit
 from pipeline.registry.models import load_model
-from pipeline.runtime import entrypoint
+from pipeline.runtime import CPU_WORKER_MALLOC_ENV, entrypoint
 from pipeline.training import job as train
 from pipeline.training.config import parse_train_config as config_from_argv
 from crn.vgg import LAYER_NAMES
@@ -130,11 +131,15 @@ def test_earlier_stage_with_another_schema_is_refused(tmp_path, toy_store, capsy
 # ---------------------------------------------------------------- DDP
 
 
-def test_two_workers_make_the_update_of_one_step_on_the_combined_batch(toy_store, ray_session):
+def test_two_workers_make_the_update_of_one_step_on_the_combined_batch(toy_store, ray_session, tmp_path):
     """2 ranks x batch 2: the first step's global batch is the first 4 rows of epoch 0's
     permutation of the 8 training rows; the reference takes one Adam step on those 4 (random
-    VGG weights: the layer weights start uncalibrated)."""
-    outcome = fit(tiny_argv(toy_store, unique("ddp"), "--num-workers", "2", "--batch-size", "2", "--steps", "1"))
+    VGG weights: the layer weights start uncalibrated). Both CPU workers start with the
+    allocator settings of pipeline.runtime.CPU_WORKER_MALLOC_ENV."""
+    outcome = fit(tiny_argv(toy_store, unique("ddp"), "--num-workers", "2", "--batch-size", "2", "--steps", "1"),
+                  recording_environment(tmp_path, CPU_WORKER_MALLOC_ENV))
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank-{rank}.json").read_text()) == CPU_WORKER_MALLOC_ENV
     ddp = checkpoint_of(outcome)
     assert ddp["step"] == 1
     # --steps 1 runs one epoch of the recipe's 200, and the run says so.

@@ -7,10 +7,18 @@ laptop) runs
 
 It builds the model once, from checkpoint bytes the driver put in the object store (so the
 registry is asked once per job, not once per actor), and for each batch checks the class
-indices and runs the generator (pipeline.registry.models.generate_images) on a batch of exactly
-`batch_size` maps. It hands back uint8 images; PNG encoding and writing is the next stage's
-work (pipeline.synthesis.outputs.write_images), run by CPU tasks beside the actors, because at
-256x512 encoding K PNGs takes a CPU core far longer than a GPU takes to make them.
+indices and runs the generator (crn.inference.generate_images) on a batch of exactly
+`batch_size` maps.
+
+Who encodes and writes the PNGs (pipeline.synthesis.outputs.write_images) depends on the
+device:
+- a GPU actor hands back uint8 images and CPU tasks beside it encode them, because at
+  256x512 encoding K PNGs takes a CPU core far longer than a GPU takes to make them;
+- a CPU actor (given `output`) writes its own images between two forward passes, with its
+  own threads: 32 crn-mid images (128x256) take 40-70 ms to encode and write on 2 threads,
+  against about 1.5 s for their forward pass. As tasks beside the actor they ran on the
+  cores its torch threads were using, and each task's scheduling and the images' trip
+  through the object store cost CPU on top (issue #15).
 """
 from __future__ import annotations
 
@@ -19,13 +27,18 @@ import torch
 
 from crn.checkpoint import load_checkpoint, model_from_checkpoint
 from crn.inference import generate_images
+from pipeline.synthesis.outputs import write_images
 
 
 class SynthesisActor:
-    """Callable class for `map_batches`: label maps in, uint8 images [B,K,H,W,3] out."""
+    """Callable class for `map_batches`: label maps in; uint8 images [B,K,H,W,3] out, or with
+    `output` the images written and one row per image out (write_images' rows)."""
 
-    def __init__(self, checkpoint, device: str, bf16: bool, batch_size: int, num_threads: int):
-        """`checkpoint`: a ray.ObjectRef to (or the) bytes of the checkpoint file."""
+    def __init__(self, checkpoint, device: str, bf16: bool, batch_size: int, num_threads: int,
+                 output: dict | None = None):
+        """`checkpoint`: a ray.ObjectRef to (or the) bytes of the checkpoint file. `output`:
+        write_images' keyword arguments (filesystem, output_root, existing_variants), to
+        write the images here rather than hand them back."""
         import ray
 
         if isinstance(checkpoint, ray.ObjectRef):
@@ -41,6 +54,7 @@ class SynthesisActor:
         self.model = model_from_checkpoint(load_checkpoint(checkpoint)).to(device)
         self.num_classes = self.model.config.num_classes
         self.device, self.bf16, self.batch_size = device, bf16, batch_size
+        self.output, self.num_threads = output, num_threads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = batch["label"]  # uint8 [B, H, W]
@@ -55,9 +69,13 @@ class SynthesisActor:
             # Always full batches through the network (padded): pixels independent of batch-mates.
             images[good] = generate_images(self.model, labels[good], device=self.device, bf16=self.bf16,
                                            batch_size=self.batch_size)
-        return {
+        result = {
             "sample_id": batch["sample_id"],
             "source": batch["source"],
             "reject": reasons,
             "images": images,  # all zero for rejected rows
         }
+        if self.output is None:
+            return result
+        # The torch threads are idle now: the same number of threads encode and write.
+        return write_images(result, **self.output, threads=self.num_threads)

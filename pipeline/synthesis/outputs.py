@@ -35,6 +35,7 @@ import json
 import posixpath
 import re
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -178,15 +179,18 @@ def manifest_table(images: set[tuple[str, int]], identity: OutputIdentity) -> pa
 
 
 def write_images(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, output_root: str,
-                 existing_variants: dict[str, list[int]]) -> dict[str, np.ndarray]:
-    """Ray Data task after the synthesis actors: encode each variant as PNG, write it atomically.
+                 existing_variants: dict[str, list[int]], threads: int = 1) -> dict[str, np.ndarray]:
+    """Encode each variant of a batch of images as PNG and write it atomically.
 
-    Returns one row per image written ({sample_id, variant}) and one per rejected sample
-    (variant -1, with its source and reason). `existing_variants` lists the variants of
-    partly written samples that are already on disk (an interrupt between two writes);
-    those complete files are not written again.
+    `batch` is what pipeline.synthesis.actor.SynthesisActor makes. Returns one row per image
+    written ({sample_id, variant}) and one per rejected sample (variant -1, with its source
+    and reason). `existing_variants` lists the variants of partly written samples that are
+    already on disk (an interrupt between two writes); those complete files are not written
+    again. `threads` encode and write images side by side (Pillow's zlib and the file
+    writes release the GIL); the files and rows do not depend on it.
     """
     out: list[tuple[str, int, str, str]] = []  # (sample id, variant or -1, source, reject reason)
+    todo: list[tuple[str, np.ndarray]] = []  # (path, image)
     for sample_id, source, reason, images in zip(batch["sample_id"], batch["source"], batch["reject"], batch["images"]):
         sample_id = str(sample_id)
         if reason:
@@ -195,8 +199,14 @@ def write_images(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, outp
         already = set(existing_variants.get(sample_id, ()))
         for variant, image in enumerate(images):
             if variant not in already:
-                write_bytes_atomically(filesystem, join(output_root, image_path(sample_id, variant)), encode_png(image))
+                todo.append((join(output_root, image_path(sample_id, variant)), image))
                 out.append((sample_id, variant, "", ""))
+
+    def write(item: tuple[str, np.ndarray]) -> None:
+        write_bytes_atomically(filesystem, item[0], encode_png(item[1]))
+
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="crn-png") as pool:
+        list(pool.map(write, todo))  # list(): re-raises the first failed write here
     ids, variants, sources, reasons = zip(*out) if out else ((), (), (), ())
     return {
         "sample_id": np.asarray(ids, dtype=object),

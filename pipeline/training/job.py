@@ -29,7 +29,7 @@ from pipeline.data.store import open_store
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for, is_s3
 from pipeline.records import log_store_input
-from pipeline.runtime import init_ray, tracking_uri
+from pipeline.runtime import CPU_WORKER_MALLOC_ENV, init_ray, tracking_uri
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import CHECKPOINT_FILE, train_loop_per_worker
 from pipeline.training.order import TRAIN_SPLIT
@@ -110,6 +110,9 @@ def fit(plan: TrainPlan, run_id: str, logged_up_to: int, train_loop: Callable[[d
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
             callbacks=[MLflowReports(tracking_uri(), run_id, plan.run_dir, logged_up_to, plan.total_steps)],
+            # CPU workers reuse the memory each step frees instead of mapping it afresh
+            # (pipeline.runtime.CPU_WORKER_MALLOC_ENV: a crn-mid step on 2 cores, 1.5-1.9 -> 1.4-1.6 s).
+            worker_runtime_env=None if config.use_gpu else {"env_vars": CPU_WORKER_MALLOC_ENV},
         ),
     )
     return trainer.fit()
