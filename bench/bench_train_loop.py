@@ -40,13 +40,7 @@ from crn.labels import one_hot
 from crn.losses import LAYER_WEIGHTS, CRNLoss
 from crn.model import CRN
 from crn.presets import make_config
-from pipeline.data.store import (
-    decode_labels,
-    decode_photos,
-    label_column,
-    open_store,
-    photo_column,
-)
+from pipeline.data.store import decode_labels, decode_photos, label_column, open_store, photo_column
 from pipeline.options import from_dict, to_dict
 from pipeline.training.config import TrainConfig, resolve
 from pipeline.training.loop import loss_network, place_loss_network, train_step
