@@ -378,7 +378,9 @@ def synthesis_figures(settings: Settings, device: str, scratch: Path) -> list[di
                f"batch size (images/s by batch size: {forward_text}), {what}", name),
         figure("gpu_synth_job_images_per_s", after_ready, "images/s", SYNTH_IMAGES_PER_S_GOAL if gpu else "n/a",
                f"the synthesis job (Ray Data, 1 actor, PNGs written) once its actor is up, as it records it "
-               f"(images_per_s_after_first_batch: from the first batch back to the last), {what}", name),
+               f"(images_per_s_after_first_batch: from the first batch back to the last); a batch took "
+               f"{outcome.metrics['forward_s_per_batch_median']:.3f} s in the actor's forward pass and "
+               f"{outcome.metrics['write_s_per_batch_median']:.3f} s to encode and write (medians), {what}", name),
         figure("gpu_synth_job_end_to_end_images_per_s", job, "images/s", "n/a",
                f"the same job end to end as it measures itself (actor start-up and model build included: a fixed "
                f"cost that a longer job amortises), {what}", name),

@@ -21,16 +21,18 @@ import torch
 from eval_fixtures import write_palette_segmenter, write_random_inception_weights
 from mlflow.tracking import MlflowClient
 from synth_models import make_test_checkpoint, reference_images
+from worker_probes import recording_actor
 
 from pipeline.data.schema import load_schema
 from pipeline.data.store import decode_labels, decode_photos, label_column, open_store, photo_column
 from pipeline.errors import UserError
+from pipeline.evaluation import scoring
 from pipeline.evaluation.config import parse_evaluate_config
 from pipeline.evaluation.job import make_plan, run
 from pipeline.evaluation.metrics import class_diversity, confusion_matrix, diversity_score, segmentation_scores
 from pipeline.evaluation.segmenter import Segmenter
 from pipeline.registry.models import log_and_register
-from pipeline.runtime import setup_mlflow
+from pipeline.runtime import CPU_WORKER_MALLOC_ENV, setup_mlflow
 from pipeline.synthesis.outputs import decode_png, image_path
 
 RESOLUTION = "32x64"  # crn-tiny's top resolution
@@ -133,8 +135,11 @@ def test_mlflow_run_registry_tags_and_record(inputs, evaluated):
     assert record["protocol"]["segmenter_sha256"] == record["segmenter"]["sha256"]
 
 
-def test_rerun_reuses_the_images_and_gives_the_same_protocol_and_scores(inputs, evaluated):
+def test_rerun_reuses_the_images_and_gives_the_same_protocol_and_scores(inputs, evaluated, monkeypatch, tmp_path):
+    # The scoring actor is also checked to start with the allocator settings of CPU workers.
+    monkeypatch.setattr(scoring, "ScoringActor", recording_actor(scoring.ScoringActor, tmp_path, CPU_WORKER_MALLOC_ENV))
     again = run(parse_evaluate_config(argv(inputs, "--promote", "--fid-weights", "none")))
+    assert [json.loads(p.read_text()) for p in tmp_path.glob("actor-*.json")] == [CPU_WORKER_MALLOC_ENV]
     assert again.reused_images
     assert again.fid_note == "FID not computed: --fid-weights none" and again.metrics["fid"] is None
     assert again.protocol_id != evaluated.protocol_id  # no FID weights: another protocol

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import mlflow
@@ -21,9 +22,11 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from synth_models import TEST_NUM_OUTPUTS, make_test_checkpoint, reference_images
+from worker_probes import recording_actor
 
 from jobs.synthesize import main
 from pipeline.data.schema import load_schema
@@ -31,10 +34,12 @@ from pipeline.data.store import decode_labels, label_column, open_store
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for
 from pipeline.registry.models import log_and_register
-from pipeline.runtime import entrypoint, setup_mlflow
+from pipeline.runtime import CPU_WORKER_MALLOC_ENV, entrypoint, setup_mlflow
+from pipeline.synthesis.actor import SynthesisActor
 from pipeline.synthesis.config import parse_synthesize_config as config_from_argv
+from pipeline.synthesis import job as synthesis_job
 from pipeline.synthesis.job import run
-from pipeline.synthesis.outputs import encode_png, write_images
+from pipeline.synthesis.outputs import encode_png, once_per_batch, write_images
 from pipeline.visualize import colorize, schema_palette
 
 RESOLUTION = "32x64"  # crn-tiny's top resolution
@@ -123,6 +128,11 @@ def test_mlflow_run_records_config_metrics_and_artifacts(store, checkpoint, refe
     assert metrics["num_skipped"] == 0 and metrics["images_per_s"] > 0
     # Two batches: the start-up (the first one back) and the pace after it are recorded apart.
     assert 0 < metrics["first_batch_s"] < metrics["elapsed_s"] and metrics["images_per_s_after_first_batch"] > 0
+    # The actor's seconds per batch, each batch counted once: one actor runs the two batches one
+    # after the other, so their forward passes and writes (2 x the median of 2) fit in the run.
+    assert metrics["num_batches"] == NUM_SAMPLES // BATCH_SIZE
+    forward, write = metrics["forward_s_per_batch_median"], metrics["write_s_per_batch_median"]
+    assert forward > 0 and write > 0 and 2 * (forward + write) < metrics["elapsed_s"]
     artifacts = {a.path for a in MlflowClient().list_artifacts(outcome.run_id)}
     assert {"gallery.html", "manifest.parquet", "rejects.json"} <= artifacts
     local = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="manifest.parquet", dst_path=str(tmp_path)))
@@ -149,6 +159,7 @@ def test_images_written_by_several_threads_are_the_same_files_and_rows(tmp_path)
         "source": np.asarray(["a", "b/c", "d.png"], dtype=object),
         "reject": np.asarray(["", "", "too small"], dtype=object),
         "images": np.random.default_rng(0).integers(0, 256, (3, 2, 8, 16, 3), dtype=np.uint8),
+        "forward_s": once_per_batch(0.25, 3),  # the actor's forward pass over this batch
     }
     rows = {t: write_images(batch, pafs.LocalFileSystem(), str(tmp_path / str(t)), {"a": [1]}, threads=t) for t in (1, 3)}
     assert local_files(tmp_path / "1") == local_files(tmp_path / "3")
@@ -156,6 +167,39 @@ def test_images_written_by_several_threads_are_the_same_files_and_rows(tmp_path)
     for name in ("sample_id", "variant", "source", "reject"):
         np.testing.assert_array_equal(rows[1][name], rows[3][name])
     assert list(zip(rows[1]["sample_id"], rows[1]["variant"])) == [("a", 0), ("b/c", 0), ("b/c", 1), ("d", -1)]
+    # The batch's timings ride on its first row only: the forward pass passed on, the writes' own.
+    np.testing.assert_array_equal(rows[1]["forward_s"], [0.25, np.nan, np.nan, np.nan])
+    assert rows[1]["write_s"][0] > 0 and np.isnan(rows[1]["write_s"][1:]).all()
+
+
+def test_actor_handing_images_to_write_tasks_passes_its_forward_time_on(store, checkpoint, tmp_path):
+    """The GPU path's composition, run on the CPU: the actor hands images back (no `output`)
+    and a write task beside it passes the batch's forward time on with its own."""
+    table = open_store(store).read_table(SPLIT, RESOLUTION)
+    labels = decode_labels(table.column(label_column(RESOLUTION)), RESOLUTION)[:3]
+    # A CPU actor sets its process's torch thread count; this process is pytest's: keep its own.
+    actor = SynthesisActor(Path(checkpoint).read_bytes(), "cpu", False, BATCH_SIZE, torch.get_num_threads())
+    batch = {"sample_id": np.asarray(["a", "b", "c"], dtype=object), "source": np.asarray(["a", "b", "c"], dtype=object),
+             "reject": np.asarray(["", "", ""], dtype=object), "label": labels}
+    began = time.perf_counter()
+    result = actor(batch)
+    elapsed = time.perf_counter() - began
+    assert result["images"].shape == (3, TEST_NUM_OUTPUTS, *labels.shape[1:], 3)
+    assert 0 < result["forward_s"][0] <= elapsed and np.isnan(result["forward_s"][1:]).all()
+    rows = write_images(result, pafs.LocalFileSystem(), str(tmp_path), {})
+    assert len(rows["variant"]) == 3 * TEST_NUM_OUTPUTS
+    assert rows["forward_s"][0] == result["forward_s"][0] and np.isnan(rows["forward_s"][1:]).all()
+
+
+def test_cpu_actor_starts_with_the_allocator_settings(store, checkpoint, monkeypatch, tmp_path):
+    """The actor's forward passes reuse their memory (pipeline.runtime.CPU_WORKER_MALLOC_ENV):
+    its process has the settings from its start."""
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    monkeypatch.setattr(synthesis_job, "SynthesisActor", recording_actor(SynthesisActor, probes, CPU_WORKER_MALLOC_ENV))
+    outcome = synth("--model", str(checkpoint), "--store", store, "--output", str(tmp_path / "out"), "--limit", "2")
+    assert outcome.num_written == 2 * TEST_NUM_OUTPUTS
+    assert [json.loads(p.read_text()) for p in probes.glob("actor-*.json")] == [CPU_WORKER_MALLOC_ENV]
 
 
 def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(store, checkpoint, reference_run, tmp_path):

@@ -22,12 +22,14 @@ device:
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from crn.checkpoint import load_checkpoint, model_from_checkpoint
 from crn.inference import generate_images
-from pipeline.synthesis.outputs import write_images
+from pipeline.synthesis.outputs import once_per_batch, write_images
 
 
 class SynthesisActor:
@@ -65,6 +67,7 @@ class SynthesisActor:
         good = np.flatnonzero(reasons == "")
         height, width = labels.shape[1:]
         images = np.zeros((len(labels), self.model.config.num_outputs, height, width, 3), dtype=np.uint8)
+        began = time.perf_counter()
         if len(good):
             # Always full batches through the network (padded): pixels independent of batch-mates.
             images[good] = generate_images(self.model, labels[good], device=self.device, bf16=self.bf16,
@@ -74,6 +77,9 @@ class SynthesisActor:
             "source": batch["source"],
             "reject": reasons,
             "images": images,  # all zero for rejected rows
+            # The batch's forward pass on its first row only (write_images carries it on), so
+            # that the job can tell its time in the network from the rest, batch by batch.
+            "forward_s": once_per_batch(time.perf_counter() - began, len(labels)),
         }
         if self.output is None:
             return result

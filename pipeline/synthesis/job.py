@@ -14,7 +14,8 @@ In order:
    (pipeline.synthesis.outputs.write_images): by the CPU actor itself between its forward
    passes, or by CPU tasks beside GPU actors.
 4. The manifest (one row per image in the folder) and rejects are written atomically; the
-   run gets images/s and counts as metrics, and the manifest, rejects and an HTML gallery
+   run gets images/s, counts and the actors' seconds per batch (forward pass, PNG writes)
+   as metrics, and the manifest, rejects and an HTML gallery
    (label | variants | photograph) as artifacts. Ray Data shows progress while it runs.
 
 Pixels are a deterministic function of (label map, model weights, variant) and of the
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +70,18 @@ class Synthesized:
     # processes, imports, model build) and one batch. A fixed cost, whatever the data set's size.
     first_batch_s: float = 0.0
     first_batch_images: int = 0  # images written by the first batch back
+    # Seconds per batch in the actors: the forward pass (one-hot, network, uint8 pixels) and
+    # the PNG encoding and writing, one value per batch, in the order they came back.
+    forward_s: list[float] = field(default_factory=list)
+    write_s: list[float] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         """What the MLflow run records."""
         later_images, later_s = self.num_written - self.first_batch_images, self.elapsed_s - self.first_batch_s
+        # Medians: the first batch of each actor (its warm-up) and a batch slowed by other
+        # work on the machine do not move them; what every batch pays does.
+        per_batch = {f"{name}_per_batch_median": float(np.median(values))
+                     for name, values in (("forward_s", self.forward_s), ("write_s", self.write_s)) if values}
         return {
             "images_per_s": self.num_written / self.elapsed_s if self.elapsed_s > 0 else 0.0,
             # The pace once the actors are up: what a data set of thousands of maps runs at.
@@ -83,6 +92,8 @@ class Synthesized:
             "num_skipped": self.num_skipped,
             "elapsed_s": self.elapsed_s,
             "first_batch_s": self.first_batch_s,
+            "num_batches": len(self.write_s),
+            **per_batch,
         }
 
 
@@ -174,6 +185,7 @@ def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesiz
     rejects = list(plan.input.rejects)
     written = 0
     first_batch_s, first_batch_images = 0.0, 0
+    forward_s, write_s = [], []
     start = time.perf_counter()
     # No prefetching: with it, Ray Data hands a block on only once the next one is done, so
     # every batch (and the progress shown) would come back one batch late.
@@ -184,10 +196,12 @@ def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesiz
             else:
                 images.add((str(sample_id), int(variant)))
                 written += 1
+        forward_s += [float(t) for t in batch["forward_s"] if not np.isnan(t)]
+        write_s += [float(t) for t in batch["write_s"] if not np.isnan(t)]
         if not first_batch_s:
             first_batch_s, first_batch_images = time.perf_counter() - start, written
     return Synthesized(images, written, len(complete), rejects, time.perf_counter() - start, first_batch_s,
-                       first_batch_images)
+                       first_batch_images, forward_s, write_s)
 
 
 # ---------------------------------------------------------------- gallery and tracking
@@ -237,6 +251,14 @@ def log_to_mlflow(plan: SynthesisPlan, fs, root: str, result: Synthesized, manif
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def batch_times(metrics: dict[str, float]) -> str:
+    """Where a batch's time goes in the actors, for the summary line; empty before any batch."""
+    if "forward_s_per_batch_median" not in metrics:
+        return ""
+    return (f"; a batch took {metrics['forward_s_per_batch_median']:.2f} s in the network and "
+            f"{metrics['write_s_per_batch_median']:.2f} s to encode and write (medians)")
 
 
 @dataclass
@@ -289,7 +311,8 @@ def run(config: SynthesizeConfig) -> SynthesisOutcome:
     metrics = result.metrics()
     print(f"synthesized {result.num_written} images in {result.elapsed_s:.1f} s ({metrics['images_per_s']:.2f} images/s, "
           f"actors' start-up included; {metrics['images_per_s_after_first_batch']:.2f} images/s after the first batch, "
-          f"which took {result.first_batch_s:.1f} s); {result.num_skipped} samples already done; {len(result.rejects)} rejected; "
+          f"which took {result.first_batch_s:.1f} s){batch_times(metrics)}; {result.num_skipped} samples already done; "
+          f"{len(result.rejects)} rejected; "
           f"{manifest_uri} lists {len(result.images)} images; MLflow run {active.info.run_id}")
     if not result.images:
         raise UserError(f"no images: every label map of {plan.input.description} was rejected (see {REJECTS_FILE})")

@@ -34,6 +34,7 @@ import io
 import json
 import posixpath
 import re
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, unquote
@@ -178,17 +179,28 @@ def manifest_table(images: set[tuple[str, int]], identity: OutputIdentity) -> pa
     return table.replace_schema_metadata({"crn.synthesis": json.dumps(identity.to_dict())})
 
 
+def once_per_batch(seconds: float, rows: int) -> np.ndarray:
+    """A per-batch timing as a column: `seconds` on the first of `rows` rows, NaN on the rest,
+    so that it survives Ray Data's splitting and joining of blocks and each batch counts once."""
+    column = np.full(rows, np.nan)
+    column[:1] = seconds
+    return column
+
+
 def write_images(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, output_root: str,
                  existing_variants: dict[str, list[int]], threads: int = 1) -> dict[str, np.ndarray]:
     """Encode each variant of a batch of images as PNG and write it atomically.
 
     `batch` is what pipeline.synthesis.actor.SynthesisActor makes. Returns one row per image
     written ({sample_id, variant}) and one per rejected sample (variant -1, with its source
-    and reason). `existing_variants` lists the variants of partly written samples that are
-    already on disk (an interrupt between two writes); those complete files are not written
-    again. `threads` encode and write images side by side (Pillow's zlib and the file
-    writes release the GIL); the files and rows do not depend on it.
+    and reason), and the batch's timings (`once_per_batch`): `forward_s` passed on from the
+    actor, `write_s` this call's encoding and writing. `existing_variants` lists the
+    variants of partly written samples that are already on disk (an interrupt between two
+    writes); those complete files are not written again. `threads` encode and write images
+    side by side (Pillow's zlib and the file writes release the GIL); the files and rows do
+    not depend on it.
     """
+    began = time.perf_counter()
     out: list[tuple[str, int, str, str]] = []  # (sample id, variant or -1, source, reject reason)
     todo: list[tuple[str, np.ndarray]] = []  # (path, image)
     for sample_id, source, reason, images in zip(batch["sample_id"], batch["source"], batch["reject"], batch["images"]):
@@ -208,11 +220,15 @@ def write_images(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, outp
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="crn-png") as pool:
         list(pool.map(write, todo))  # list(): re-raises the first failed write here
     ids, variants, sources, reasons = zip(*out) if out else ((), (), (), ())
+    forward = batch.get("forward_s")
+    forward_s = float(np.nansum(forward)) if forward is not None and not np.isnan(forward).all() else np.nan
     return {
         "sample_id": np.asarray(ids, dtype=object),
         "variant": np.asarray(variants, dtype=np.int32),
         "source": np.asarray(sources, dtype=object),
         "reject": np.asarray(reasons, dtype=object),
+        "forward_s": once_per_batch(forward_s, len(out)),
+        "write_s": once_per_batch(time.perf_counter() - began, len(out)),
     }
 
 
