@@ -17,22 +17,22 @@ from pipeline.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # glibc's malloc settings for the processes that run a network over and over on CPUs (CRN
-# training workers, synthesis actors, evaluation's scoring actors), given to them in their environment so that they hold from the
-# process's start, for every thread. PyTorch's CPU tensors come from malloc, and by default
-# glibc serves large blocks (every one over 32 MiB; smaller ones until its adaptive threshold
-# has risen) with an mmap of their own, unmaps them when they are freed, gives the top of its
-# heap back once 128 KiB is free there, and gives each thread an arena of its own. So every
-# training step or forward pass mapped its activations afresh and the kernel zero-filled them
-# page by page. On the 2-core machine (issue #15), in fresh processes: a crn-mid forward pass
-# over 8 maps took about 760 thousand page faults and 2.2-3.5 s, against none after the first
-# and 1.4-1.6 s with these settings; a crn-mid training step took about 190 thousand faults,
-# 1.5-1.9 s against 1.4-1.6 s. Peak memory stays the same; the price is that a process keeps
-# the memory it once held, which a worker running the same step again and again needs
-# anyway. Ray runs the training loop and the synthesis actor's batches in threads of their
-# own, hence one arena for all threads rather than mallopt() in the process. Measured, not
-# assumed, for each kind of worker: the segmenter's training step (LR-ASPP, 8 images at
-# 128x256, 2 cores) was slower with them (0.28-0.37 s against 0.24-0.25 s), so its workers
-# go without.
+# training workers, synthesis actors, evaluation's scoring actors), given to them in their
+# environment so that they hold from the process's start, for every thread. PyTorch's CPU
+# tensors come from malloc, and by default glibc serves large blocks (every one over 32 MiB;
+# smaller ones until its adaptive threshold has risen) with an mmap of their own, unmaps them
+# when they are freed, gives the top of its heap back once 128 KiB is free there, and gives
+# each thread an arena of its own. So every training step or forward pass mapped its
+# activations afresh and the kernel zero-filled them page by page. On the 2-core machine
+# (issue #15), in fresh processes: a crn-mid forward pass over 8 maps took about 760 thousand
+# page faults and 2.2-3.5 s, against none after the first and 1.4-1.6 s with these settings; a
+# crn-mid training step took about 190 thousand faults, 1.5-1.9 s against 1.4-1.6 s. Peak
+# memory stays the same; the price is that a process keeps the memory it once held, which a
+# worker running the same step again and again needs anyway. Ray runs the training loop and
+# the synthesis actor's batches in threads of their own, hence one arena for all threads
+# rather than mallopt() in the process. Measured, not assumed, for each kind of worker: the
+# segmenter's training step (LR-ASPP, 8 images at 128x256, 2 cores) was slower with them
+# (0.28-0.37 s against 0.24-0.25 s), so its workers go without.
 CPU_WORKER_MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "1",  # every thread allocates from the one heap ...
     "MALLOC_MMAP_MAX_": "0",  # ... large blocks included ...
