@@ -29,8 +29,9 @@ Figures:
   of a crn-mid job over Cityscapes' 500 val maps and under 1% over its 2975 train maps.
 - `synth_actor_forward_vs_bare`: where the rest goes, batch by batch (medians over a run's
   batches, which a disturbed batch does not move): the forward pass in the job's actor, as
-  the job records it (forward_s_per_batch_median), against the bare one. The actor also encodes and writes the
-  batch's PNGs (write_s_per_batch_median, about 4% of a batch), which the bare pass does not.
+  the job records it (forward_s_per_batch_median), against the bare one. The actor also
+  encodes and writes the batch's PNGs (write_s_per_batch_median, about 4% of a batch), which
+  the bare pass does not.
   What is left of the actor's forward pass is Ray's own processes on the same 2 cores:
   0.10-0.15 of a core during a job (the driver's Ray Data executor; Ray Data's stats,
   autoscaling and actor-location actors; idle workers; raylet, GCS, dashboard agent, each

@@ -35,9 +35,9 @@ from pipeline.errors import UserError
 from pipeline.fs import filesystem_for
 from pipeline.registry.models import log_and_register
 from pipeline.runtime import CPU_WORKER_MALLOC_ENV, entrypoint, setup_mlflow
+from pipeline.synthesis import job as synthesis_job
 from pipeline.synthesis.actor import SynthesisActor
 from pipeline.synthesis.config import parse_synthesize_config as config_from_argv
-from pipeline.synthesis import job as synthesis_job
 from pipeline.synthesis.job import run
 from pipeline.synthesis.outputs import encode_png, once_per_batch, write_images
 from pipeline.visualize import colorize, schema_palette

@@ -32,8 +32,8 @@ def recording_environment(folder: Path, names: Iterable[str]) -> Callable[[dict]
 def recording_actor(actor_class: type, folder: Path, names: Iterable[str]) -> type:
     names = list(names)
 
-    # Defined here, not at module level: cloudpickle then sends the class itself to the
-    # workers, which need not import this module.
+    # Defined here, not at module level, and calling nothing of this module's: cloudpickle
+    # then sends the class itself to the workers, which need not import this module.
     class RecordingActor(actor_class):
         def __init__(self, *args, **kwargs):
             (folder / f"actor-{os.getpid()}.json").write_text(json.dumps({name: os.environ.get(name) for name in names}))

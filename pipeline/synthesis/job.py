@@ -44,6 +44,7 @@ from pipeline.synthesis.outputs import (
     JOB_FILE,
     MANIFEST_FILE,
     REJECTS_FILE,
+    batch_timings,
     claim_output,
     decode_png,
     image_path,
@@ -196,8 +197,8 @@ def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesiz
             else:
                 images.add((str(sample_id), int(variant)))
                 written += 1
-        forward_s += [float(t) for t in batch["forward_s"] if not np.isnan(t)]
-        write_s += [float(t) for t in batch["write_s"] if not np.isnan(t)]
+        forward_s += batch_timings(batch["forward_s"])
+        write_s += batch_timings(batch["write_s"])
         if not first_batch_s:
             first_batch_s, first_batch_images = time.perf_counter() - start, written
     return Synthesized(images, written, len(complete), rejects, time.perf_counter() - start, first_batch_s,

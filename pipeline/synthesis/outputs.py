@@ -187,6 +187,11 @@ def once_per_batch(seconds: float, rows: int) -> np.ndarray:
     return column
 
 
+def batch_timings(column) -> list[float]:
+    """The per-batch values of a `once_per_batch` column (or of several batches' joined)."""
+    return [float(t) for t in column if not np.isnan(t)]
+
+
 def write_images(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, output_root: str,
                  existing_variants: dict[str, list[int]], threads: int = 1) -> dict[str, np.ndarray]:
     """Encode each variant of a batch of images as PNG and write it atomically.
@@ -220,14 +225,13 @@ def write_images(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, outp
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="crn-png") as pool:
         list(pool.map(write, todo))  # list(): re-raises the first failed write here
     ids, variants, sources, reasons = zip(*out) if out else ((), (), (), ())
-    forward = batch.get("forward_s")
-    forward_s = float(np.nansum(forward)) if forward is not None and not np.isnan(forward).all() else np.nan
+    forward = batch_timings(batch["forward_s"]) if "forward_s" in batch else []
     return {
         "sample_id": np.asarray(ids, dtype=object),
         "variant": np.asarray(variants, dtype=np.int32),
         "source": np.asarray(sources, dtype=object),
         "reject": np.asarray(reasons, dtype=object),
-        "forward_s": once_per_batch(forward_s, len(out)),
+        "forward_s": once_per_batch(sum(forward) if forward else np.nan, len(out)),
         "write_s": once_per_batch(time.perf_counter() - began, len(out)),
     }
 
