@@ -108,5 +108,10 @@ def write_bytes_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     write_atomically(fs, path, lambda handle: handle.write(data))
 
 
-def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+def absolute(location: str) -> str:
+    """A location as workers elsewhere can use it: local paths made absolute, URIs (`s3://`,
+    `models:/`, `runs:/`, ...) and the empty string unchanged. Ray workers run in other
+    working directories, so every path a job hands them goes through here first."""
+    if not location or "://" in location or location.startswith(("models:/", "runs:/")):
+        return location
+    return str(Path(location).expanduser().resolve())

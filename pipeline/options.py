@@ -26,6 +26,9 @@ from pipeline.errors import UserError
 
 T = TypeVar("T")
 
+AUTO = "auto"  # a field's value "auto": filled in from the data, the preset or the recipe when the job resolves it
+PRECISIONS = ("fp32", "bf16")  # how a network runs: float32, or bfloat16 autocast
+
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, parse: Callable[[str], Any] | None = None,
            choices: Sequence[str] | None = None, check: Callable[[Any], None] | None = None,

@@ -39,6 +39,14 @@ CPU_WORKER_MALLOC_ENV = {
     "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),  # ... which keeps what is freed for reuse
 }
 
+
+
+def cpu_worker_runtime_env(use_gpu: bool) -> dict | None:
+    """The Ray runtime environment of a process that runs a network over and over: CPU workers
+    get `CPU_WORKER_MALLOC_ENV`, GPU workers (whose tensors live on the device) nothing."""
+    return None if use_gpu else {"env_vars": dict(CPU_WORKER_MALLOC_ENV)}
+
+
 # Ray and MLflow phone home by default; these machines (and many clusters) are offline.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

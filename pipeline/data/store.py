@@ -39,6 +39,8 @@ from pipeline.fs import filesystem_for, join, read_bytes, write_bytes_atomically
 
 STORE_FORMAT = "crn-store/1"
 MANIFEST_NAME = "manifest.json"
+# The splits the jobs read by name: trainings learn from `train`, evaluations score `val`.
+TRAIN_SPLIT, VAL_SPLIT = "train", "val"
 
 
 class StoreError(UserError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.fs import absolute
 from pipeline.options import at_least, from_argv, non_negative, option
 from pipeline.synthesis.config import model_uri
 
@@ -53,12 +54,8 @@ def parse_evaluate_config(argv: Sequence[str] | None) -> EvaluateConfig:
 def resolve(config: EvaluateConfig) -> EvaluateConfig:
     """The model URI spelled out, local paths absolute (Ray workers run elsewhere), counts filled in."""
     resolved = dataclasses.replace(config, model=model_uri(config.model))
-    for name in ("store", "synthesized", "segmenter", "segmenter_classes"):
-        value = getattr(resolved, name)
-        if value and "://" not in value and not value.startswith(("models:/", "runs:/")):
-            setattr(resolved, name, str(Path(value).expanduser().resolve()))
-    if "://" not in resolved.model and not resolved.model.startswith(("models:/", "runs:/")):
-        resolved.model = str(Path(resolved.model).expanduser().resolve())
+    for name in ("model", "store", "synthesized", "segmenter", "segmenter_classes"):
+        setattr(resolved, name, absolute(getattr(resolved, name)))
     if resolved.threads_per_actor == 0:
         resolved.threads_per_actor = max(1, (os.cpu_count() or 1) // resolved.num_actors)
     return resolved

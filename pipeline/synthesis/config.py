@@ -11,9 +11,9 @@ from typing import Sequence
 from crn.resolution import Resolution
 from pipeline.data.sources import LABEL_TYPES
 from pipeline.errors import UserError
-from pipeline.options import at_least, from_argv, non_negative, option
+from pipeline.fs import absolute
+from pipeline.options import PRECISIONS, at_least, from_argv, non_negative, option
 
-PRECISIONS = ("fp32", "bf16")
 DEFAULT_ALIAS = "champion"
 # A registered model name alone ("crn-cityscapes-256x512") means its champion.
 _BARE_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -68,12 +68,8 @@ def parse_synthesize_config(argv: Sequence[str] | None) -> SynthesizeConfig:
 def resolve(config: SynthesizeConfig) -> SynthesizeConfig:
     """Make the config explicit: the model URI spelled out, local paths absolute, counts filled in."""
     resolved = dataclasses.replace(config, model=model_uri(config.model))
-    for name in ("output", "store", "labels"):
-        value = getattr(resolved, name)
-        if value and "://" not in value:  # Ray workers run in other working directories
-            setattr(resolved, name, str(Path(value).expanduser().resolve()))
-    if "://" not in resolved.model and not resolved.model.startswith(("models:/", "runs:/")):
-        resolved.model = str(Path(resolved.model).expanduser().resolve())
+    for name in ("model", "output", "store", "labels"):
+        setattr(resolved, name, absolute(getattr(resolved, name)))
     if resolved.num_actors == 0 and not resolved.use_gpu:
         resolved.num_actors = 1  # with --use-gpu: the cluster's GPU count, known once Ray is up
     if resolved.threads_per_actor == 0 and not resolved.use_gpu:

@@ -21,14 +21,13 @@ from typing import Sequence
 from crn.losses import LAYER_WEIGHTS
 from crn.presets import PRESETS, make_config
 from crn.resolution import Resolution
-from pipeline.options import at_least, from_argv, identity_of, non_negative, option, positive, to_dict
+from pipeline.options import AUTO, PRECISIONS, at_least, from_argv, identity_of, non_negative, option, positive, to_dict
+from pipeline.fs import absolute
 from pipeline.runtime import work_dir
 from pipeline.errors import UserError
 from pipeline.training.recipe import ALL_MODULES, layer_weights_choice, recipe_for
 
-PRECISIONS = ("fp32", "bf16")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
-AUTO = "auto"
 
 @dataclass
 class TrainConfig:
@@ -149,13 +148,9 @@ def resolve(config: TrainConfig, dataset: str, vgg_convention: str) -> TrainConf
     if resolved.train_modules == AUTO:
         # The recipe's trained modules belong to its stage: a model that starts from scratch learns everything.
         resolved.train_modules = recipe.train_modules if resolved.init_from else ALL_MODULES
-    if resolved.storage_path == AUTO:
-        resolved.storage_path = str(work_dir() / "ray_results")
-    elif "://" not in resolved.storage_path:
-        resolved.storage_path = str(Path(resolved.storage_path).expanduser().resolve())
-    # Workers run in other working directories: local paths must be absolute.
-    if "://" not in resolved.store:
-        resolved.store = str(Path(resolved.store).expanduser().resolve())
+    resolved.storage_path = absolute(str(work_dir() / "ray_results") if resolved.storage_path == AUTO
+                                     else resolved.storage_path)
+    resolved.store = absolute(resolved.store)
     if resolved.run_name == AUTO:
         identity = json.dumps(resolved.identity(), sort_keys=True)
         digest = hashlib.sha256(identity.encode()).hexdigest()[:10]

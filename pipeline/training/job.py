@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.data.store import open_store
+from pipeline.data.store import TRAIN_SPLIT, open_store
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for, is_s3
 from pipeline.records import log_store_input
 from pipeline.runtime import CPU_WORKER_MALLOC_ENV, init_ray, tracking_uri
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import CHECKPOINT_FILE, train_loop_per_worker
-from pipeline.training.order import TRAIN_SPLIT
 from pipeline.training.plan import TrainPlan, make_plan
 
 

@@ -52,12 +52,12 @@ from crn.losses import NUM_LAYERS, CRNLoss, recalibrate
 from crn.model import CRN, to_uint8_images
 from crn.vgg import LAYER_NAMES, VGG19Features
 from pipeline.data.rows import RowReader
-from pipeline.data.store import open_store
+from pipeline.data.store import TRAIN_SPLIT, open_store
 from pipeline.fs import filesystem_for, uri_join, write_bytes_atomically
 from pipeline.options import from_dict, to_dict
 from pipeline.training import stages
 from pipeline.training.config import TrainConfig
-from pipeline.training.order import TRAIN_SPLIT, rank_batches
+from pipeline.training.order import rank_batches
 from pipeline.visualize import image_grid, png_bytes, schema_palette
 
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 
-TRAIN_SPLIT = "train"  # the store split that training visits
-
 
 def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
     """All row indices in the order of epoch `epoch` (0-based) of a run seeded `seed`."""

@@ -21,14 +21,13 @@ from crn.losses import LAYER_WEIGHTS
 from crn.presets import make_config
 from crn.vgg import VGG19Features, VGGWeightsError
 from pipeline.data.schema import check_schema_match
-from pipeline.data.store import Store, open_store
+from pipeline.data.store import TRAIN_SPLIT, Store, open_store
 from pipeline.errors import UserError
 from pipeline.fs import uri_join
 from pipeline.options import to_dict
 from pipeline.training import order, stages
 from pipeline.training.config import TrainConfig, resolve
 from pipeline.training.loop import WorkerPlan
-from pipeline.training.order import TRAIN_SPLIT
 from pipeline.training.recipe import Recipe, layer_weights_choice, recipe_for, recipe_table
 
 
