@@ -18,7 +18,7 @@ its estimate no longer fits is skipped with one printed line; compiling is the b
    taken; then the real synthesis job (pipeline.synthesis.job: Ray Data, one GPU actor,
    --use-gpu --precision bf16, PNGs written) at that batch size over a toy store.
 3. crn-1024p step with activation checkpointing, training the recipe's modules (512x1024,
-   1024x2048 and the head, crn-spec.md 4): whether it fits, its memory and time.
+   1024x2048 and the head, docs/recipe.md#progressive-stages): whether it fits, its memory and time.
 4. With two or more GPUs: the same 256p step as 2 DDP ranks (NCCL) through Ray Train,
    against 1 rank; with fewer, one printed line.
 5. torch.compile, the way `--compile` applies it (pipeline.training.loop.compile_modules):
@@ -35,7 +35,7 @@ the meta device). These are model FLOPs: activation checkpointing's recomputed f
 not counted, so its cost shows as a longer step at the same FLOPs.
 
 Without CUDA one line says so and the same functions run on the CPU with tiny presets
-(crn-tiny for 256p, crn-chain-64p for 1024p; synthesis in fp32, as the job allows bf16 on
+(crn-tiny for 256p, crn-small for 1024p; synthesis in fp32, as the job allows bf16 on
 GPUs only); compiling is skipped there by the budget (inductor's C++ build of the crn-tiny
 step took 342 s on the 2-core machine). tests/test_bench_gpu.py runs the parts the same way,
 so this code keeps working where no GPU is. Random VGG-19 weights and an untrained model
@@ -72,7 +72,7 @@ from pipeline.training.loop import compile_modules, train_step
 from pipeline.training.recipe import ALL_MODULES, ANY_DATASET, recipe_for
 
 NUM_CLASSES = 20  # Cityscapes: 19 classes + void
-LR = 1e-4  # the published recipe's Adam step (crn-spec.md 4)
+LR = 1e-4  # the published recipe's Adam step (docs/recipe.md#optimizer-and-data)
 PEAK_FRACTION_GOAL = ">= 0.5"
 SYNTH_IMAGES_PER_S_GOAL = ">= 150"  # per GPU, at 256p
 GIB = 2**30
@@ -103,7 +103,7 @@ GPU = Settings("crn-256p", "crn-1024p", synth_samples=256, synth_batch_sizes=(1,
 GPU_QUICK = Settings("crn-256p", "crn-1024p", synth_samples=64, synth_batch_sizes=(1, 4, 16, 32), warmup_steps=2,
                      timed_steps=4, timing_cap_s=5.0, budget_s=300.0, synth_estimate_s=60.0, large_estimate_s=20.0,
                      ddp_estimate_s=90.0, compile_estimate_s=150.0)
-CPU = Settings("crn-tiny", "crn-chain-64p", synth_samples=8, synth_batch_sizes=(1, 2, 4), warmup_steps=1,
+CPU = Settings("crn-tiny", "crn-small", synth_samples=8, synth_batch_sizes=(1, 2, 4), warmup_steps=1,
                timed_steps=2, timing_cap_s=10.0, budget_s=240.0, synth_estimate_s=60.0, large_estimate_s=20.0,
                ddp_estimate_s=120.0, compile_estimate_s=400.0)
 

@@ -5,7 +5,7 @@
     python -m bench.run_all bench_train_step # only the named ones ("train_step" works too)
 
 Each bench_<topic>.py has `run(quick: bool = False) -> list[dict]`; every dict is one figure
-`{"name", "value", "unit", "goal", "compared"}` (docs/contracts.md). The runner adds
+`{"name", "value", "unit", "goal", "compared"}` (docs/design.md#benchmark-records). The runner adds
 `bench` (the module) and `time`, and rewrites the results file so that it holds the latest
 figures of every benchmark: a run of one benchmark replaces only that benchmark's lines.
 A benchmark that fails is reported in the table and makes the exit status non-zero; the

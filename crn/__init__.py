@@ -8,6 +8,7 @@ model.py    the generator (refinement modules named by resolution) and to_uint8_
 vgg.py      the VGG-19 loss network as the authors used it
 matconvnet.py  the authors' VGG-19 file (imagenet-vgg-verydeep-19.mat), read as they read it
 losses.py   per-class, per-layer feature matching, the diversity loss, recalibration
+generators.py  generators by name (the CRN, and any other kind): what checkpoints hold
 checkpoint.py  one self-describing checkpoint file (from a path or bytes)
 inference.py   label maps -> uint8 images, at a fixed padded batch shape
 tf_checkpoint.py  the tensors of a TensorFlow 1 checkpoint, read without TensorFlow

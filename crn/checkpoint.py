@@ -1,12 +1,13 @@
-"""One self-describing checkpoint file per training state (docs/contracts.md, `crn.checkpoint`).
+"""One self-describing checkpoint file per training state (docs/design.md#checkpoint-format).
 
 The file is a dict of plain types and tensors, so `torch.load(path, weights_only=True)` reads
 it without running any pickled code, and it rebuilds the model with no other input:
 
-    {"format": "crn-checkpoint/1", "model_config": dict, "model": state_dict,
+    {"format": "crn-checkpoint/1", "generator": "crn", "model_config": dict, "model": state_dict,
      "optimizer": state_dict | None, "step": int, "epoch": int, "loss_weights": list[float],
      "label_schema": dict, "rng": dict, "extra": dict}
 
+`generator` names the network's kind (crn.generators); a checkpoint without it is a CRN.
 Writes are atomic (a temporary file in the same folder, then a rename), so a reader never
 sees half a checkpoint.
 """
@@ -22,8 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crn.config import CRNConfig
-from crn.model import CRN
+from crn.generators import DEFAULT_GENERATOR, Generator, generator_named, generator_of
 
 FORMAT = "crn-checkpoint/1"
 REQUIRED_KEYS = (
@@ -33,7 +33,7 @@ REQUIRED_KEYS = (
 
 
 def make_checkpoint(
-    model: CRN,
+    model: torch.nn.Module,
     *,
     optimizer: torch.optim.Optimizer | None,
     step: int,
@@ -46,6 +46,7 @@ def make_checkpoint(
     """Assemble the checkpoint dict; `rng` defaults to this process's current RNG state."""
     return {
         "format": FORMAT,
+        "generator": generator_of(model).name,
         "model_config": model.config.to_dict(),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -77,14 +78,16 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(source: str | os.PathLike | bytes) -> dict[str, Any]:
+def load_checkpoint(source: str | os.PathLike | bytes, name: str | None = None) -> dict[str, Any]:
     """Read a checkpoint, from a path or from the bytes of one, with `torch.load(weights_only=True)`.
+
+    `name` is what errors call the bytes (say, the file they were read from).
 
     One-line errors for bad files: FileNotFoundError for a missing path, ValueError for
     anything that is not a readable checkpoint of this format.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        name, handle = f"({len(source)} bytes)", io.BytesIO(source)
+        name, handle = name or f"({len(source)} bytes)", io.BytesIO(source)
     else:
         path = Path(source)
         if not path.is_file():
@@ -104,9 +107,18 @@ def load_checkpoint(source: str | os.PathLike | bytes) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> CRN:
-    """Rebuild the model the checkpoint describes, weights loaded, in eval mode."""
-    model = CRN(CRNConfig.from_dict(ckpt["model_config"]))
+def generator_name(ckpt: dict[str, Any]) -> str:
+    """The kind of generator a checkpoint holds (crn.generators)."""
+    return ckpt.get("generator") or DEFAULT_GENERATOR
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], generator: Generator | None = None) -> torch.nn.Module:
+    """Rebuild the generator the checkpoint describes, weights loaded, in eval mode.
+
+    `generator`: its kind, when the caller already has it (a process where a plug-in kind was
+    never registered gets it this way); by default the one the checkpoint names."""
+    generator = generator or generator_named(generator_name(ckpt))
+    model = generator.build(generator.config_from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 

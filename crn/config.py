@@ -1,6 +1,6 @@
 """The model's configuration: how many classes, how wide each refinement module, how many outputs.
 
-A CRN is fully described by three numbers-and-a-table (crn-spec.md section 1): the label
+A CRN is fully described by three numbers-and-a-table (docs/model.md#widths): the label
 channels L, one width per refinement module from 4x8 upward (the module count fixes the top
 resolution), and the number K of images it outputs per label map. Everything else (kernel
 sizes, normalisation, the head) is fixed by the paper.
@@ -23,7 +23,7 @@ class CRNConfig:
     # Feature channels d_i of each refinement module, from 4x8 upward; len(widths) = n + 1
     # modules gives a top resolution of 4*2^n x 8*2^n.
     widths: tuple[int, ...]
-    # K: images produced per label map (planar 3K-channel head, crn-spec.md section 1).
+    # K: images produced per label map (planar 3K-channel head, docs/model.md#head-with-k-outputs).
     num_outputs: int = 1
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """Label maps as the network sees them: one-hot channels and the area-averaged pyramid.
 
-A class-index map (void = the last index, docs/contracts.md) becomes L channels that sum to
-one at every pixel (crn-spec.md section 2). Each coarser level is the 2x2 box average of
+A class-index map (void = the last index, docs/design.md#label-maps-and-schemas) becomes L channels that sum to
+one at every pixel (docs/model.md#input-labels). Each coarser level is the 2x2 box average of
 the level above it, so coarse modules see soft labels: the fraction of each class under a
 coarse pixel. Nearest-neighbour subsampling would throw that information away.
 """
@@ -29,7 +29,7 @@ def label_pyramid(onehot: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
     """The one-hot map at `num_levels` resolutions, coarse first, the input itself last.
 
     Level i-1 is the 2x2 area average of level i, applied recursively from the top
-    (crn-spec.md section 1, "Labels at each resolution").
+    (docs/model.md#input-labels).
     """
     levels = [onehot]
     for _ in range(num_levels - 1):

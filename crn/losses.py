@@ -1,6 +1,6 @@
 """The CRN training loss: per-class, per-layer VGG feature matching with the diversity minimum.
 
-crn-spec.md section 3. For each output u, class c and loss-network layer l:
+docs/model.md#perceptual-loss. For each output u, class c and loss-network layer l:
 
     E_l[u, c] = mean_x  M_c^l(x) * mean_j |Phi_l^j(real)(x) - Phi_l^j(fake_u)(x)|      (3.1)
     content[u, c] = sum_l lambda_l * E_l[u, c]                                          (3.2)
@@ -20,8 +20,8 @@ import torch.nn as nn
 from crn.labels import label_pyramid
 from crn.vgg import LAYER_NAMES, VGG19Features
 
-# lambda_l for (image, relu1_2, relu2_2, relu3_2, relu4_2, relu5_2), section 3.2. The
-# published rows are the "uncalibrated" row divided by measured term means (3.3) of the
+# lambda_l for (image, relu1_2, relu2_2, relu3_2, relu4_2, relu5_2), docs/model.md#layer-weights. The
+# published rows are the "uncalibrated" row divided by measured term means (docs/recipe.md#recalibration) of the
 # authors' MatConvNet VGG-19; the 1024p model uses the 512p row. With torchvision's weights
 # the features have other scales, so those rows are only starting values.
 LAYER_WEIGHTS: dict[str, tuple[float, ...]] = {
@@ -32,7 +32,7 @@ LAYER_WEIGHTS: dict[str, tuple[float, ...]] = {
 }
 NUM_LAYERS = 6
 
-# Section 3.4: the share of the per-class minimum; the rest goes to the mean over outputs so
+# docs/model.md#diversity-loss: the share of the per-class minimum; the rest goes to the mean over outputs so
 # that outputs which never win still get a gradient.
 MIN_SHARE = 0.999
 
@@ -81,7 +81,7 @@ def diversity_loss(content: torch.Tensor) -> torch.Tensor:
 
 
 def recalibrate(weights: Sequence[float], term_means: Sequence[float]) -> tuple[float, ...]:
-    """Section 3.3: divide each VGG layer's weight by the measured mean of its term.
+    """docs/recipe.md#recalibration: divide each VGG layer's weight by the measured mean of its term.
 
     `term_means` are the unweighted per-layer terms that `CRNLoss` reports, averaged over a
     pass through the data: each layer's plain mean L1 (sum over classes of E_l, averaged
@@ -96,12 +96,12 @@ def recalibrate(weights: Sequence[float], term_means: Sequence[float]) -> tuple[
 
 
 class CRNLoss(nn.Module):
-    """The full training loss for K outputs per label map (sections 3.1-3.4).
+    """The full training loss for K outputs per label map (docs/model.md#perceptual-loss).
 
     forward(fake [B, K, 3, H, W], real [B, 3, H, W], onehot [B, L, H, W]) returns the scalar
     loss and, for logging and `recalibrate`, each layer's unweighted term by its layer name
     (image, relu1_2 .. relu5_2): the plain mean L1 of the layer, sum over classes of E_l
-    averaged over samples and outputs (section 3.3; the masks sum to one, so this is the
+    averaged over samples and outputs (docs/recipe.md#recalibration; the masks sum to one, so this is the
     unmasked L1, not a mean over classes, which would be L times smaller).
     """
 

@@ -1,4 +1,4 @@
-"""The Cascaded Refinement Network generator (crn-spec.md section 1).
+"""The Cascaded Refinement Network generator (docs/model.md).
 
 A cascade of refinement modules, one per resolution from 4x8 upward. Each module takes the
 previous module's features, bilinearly upsampled to its own resolution, together with the
@@ -22,7 +22,7 @@ NORM_EPS = 1e-12
 
 
 class RefinementModule(nn.Module):
-    """conv3x3 -> layer norm -> LeakyReLU(0.2), twice (section 1, "Each module")."""
+    """conv3x3 -> layer norm -> LeakyReLU(0.2), twice (docs/model.md#refinement-modules)."""
 
     def __init__(self, in_channels: int, width: int):
         super().__init__()
@@ -43,7 +43,7 @@ class RefinementModule(nn.Module):
 class CRN(nn.Module):
     """Label map [B, L, H, W] (one-hot, float) -> K images [B, K, 3, H, W], RGB in [0, 255].
 
-    The output is not clamped: the loss must see the raw values (section 1, "Head").
+    The output is not clamped: the loss must see the raw values (docs/model.md#head-with-k-outputs).
     Clamp only when writing images (`to_uint8_images`).
     """
 

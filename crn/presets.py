@@ -1,6 +1,6 @@
 """Named model presets: the paper's three models and small ones of the same shape for CPUs.
 
-The paper's widths come from one table (crn-spec.md section 1); a preset takes the first
+The paper's widths come from one table (docs/model.md#widths); a preset takes the first
 n + 1 rows of it. The CPU presets keep the architecture and the table's shape (wide at the
 coarse levels, narrower towards the top) but divide every width by a constant so that a
 training step takes well under a second (crn-tiny: tests, and the demo with K=2), about a
@@ -23,7 +23,7 @@ PAPER_WIDTHS: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512, 512, 128, 32
 CPU_NUM_OUTPUTS = 4
 
 
-def _preset(num_modules: int, width_divisor: int, default_outputs: int,
+def preset(num_modules: int, width_divisor: int, default_outputs: int,
             widths: tuple[int, ...] | None = None) -> Callable[..., CRNConfig]:
     widths = widths or tuple(w // width_divisor for w in PAPER_WIDTHS[:num_modules])
 
@@ -35,20 +35,14 @@ def _preset(num_modules: int, width_divisor: int, default_outputs: int,
 
 
 PRESETS: dict[str, Callable[..., CRNConfig]] = {
-    # The published models (section 1): top 256x512 with K=9, 512x1024 and 1024x2048 with K=1.
-    "crn-256p": _preset(num_modules=7, width_divisor=1, default_outputs=9),
-    "crn-512p": _preset(num_modules=8, width_divisor=1, default_outputs=1),
-    "crn-1024p": _preset(num_modules=9, width_divisor=1, default_outputs=1),
+    # The published models (docs/model.md#presets): top 256x512 with K=9, 512x1024 and 1024x2048 with K=1.
+    "crn-256p": preset(num_modules=7, width_divisor=1, default_outputs=9),
+    "crn-512p": preset(num_modules=8, width_divisor=1, default_outputs=1),
+    "crn-1024p": preset(num_modules=9, width_divisor=1, default_outputs=1),
     # CPU presets: top 32x64 widths 64; top 64x128 widths 128; top 128x256 widths 256/128.
-    "crn-tiny": _preset(num_modules=4, width_divisor=16, default_outputs=CPU_NUM_OUTPUTS),
-    "crn-small": _preset(num_modules=5, width_divisor=8, default_outputs=CPU_NUM_OUTPUTS),
-    "crn-mid": _preset(num_modules=6, width_divisor=4, default_outputs=CPU_NUM_OUTPUTS),
-    # The paper's three progressive stages scaled down (tests of the stage chain): top 16x32
-    # (K=4), then 32x64 and 64x128 (K=1), each new top module 4x narrower than the one
-    # below, as 512 -> 128 -> 32 in the paper.
-    "crn-chain-16p": _preset(3, 1, CPU_NUM_OUTPUTS, widths=(64, 64, 64)),
-    "crn-chain-32p": _preset(4, 1, 1, widths=(64, 64, 64, 16)),
-    "crn-chain-64p": _preset(5, 1, 1, widths=(64, 64, 64, 16, 4)),
+    "crn-tiny": preset(num_modules=4, width_divisor=16, default_outputs=CPU_NUM_OUTPUTS),
+    "crn-small": preset(num_modules=5, width_divisor=8, default_outputs=CPU_NUM_OUTPUTS),
+    "crn-mid": preset(num_modules=6, width_divisor=4, default_outputs=CPU_NUM_OUTPUTS),
 }
 
 

@@ -1,7 +1,7 @@
 """Image sizes as the project writes them: "64x128" = height 64, width 128.
 
 Every size the CRN takes is h x 2h with h = 4 * 2^n (4x8, 8x16, ..., 1024x2048): the sizes
-of its refinement modules (crn-spec.md section 1). `Resolution` is a (height, width) tuple
+of its refinement modules (docs/model.md#refinement-modules). `Resolution` is a (height, width) tuple
 that prints as "HxW"; text is parsed into one once, where it enters (a flag, a manifest).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The loss network: VGG-19 features the way the CRN authors used them (crn-spec.md section 3).
+"""The loss network: VGG-19 features the way the CRN authors used them (docs/model.md#perceptual-loss).
 
 torchvision's VGG-19 layers, with the authors' differences from the usual use: average
 instead of max pooling, and features taken after the ReLUs of conv1_2 .. conv5_2, plus the
@@ -8,7 +8,7 @@ Nothing after conv5_2 is built.
 Input convention: what the convolutions are fed depends on how the weights were trained.
 - "torchvision": torchvision-layout weights ("imagenet", a .pth state dict, "random") were
   trained on (x / 255 - mean) / std, torchvision's ImageNet normalisation; fed 0..255 they
-  would see inputs about 57x too large (crn-spec.md 3). We normalise explicitly rather
+  would see inputs about 57x too large (docs/recipe.md#loss-network-weights). We normalise explicitly rather
   than fold the normalisation into conv1_1: a folded conv1_1 differs at the image border,
   where the zero padding would stand for a black pixel instead of a zero-mean one.
 - "caffe": the authors' MatConvNet network takes RGB 0..255 minus the mean, no std.

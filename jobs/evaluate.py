@@ -27,7 +27,8 @@ from pipeline.runtime import entrypoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.evaluation.job import make_plan, run
+    from pipeline.evaluation.job import run
+    from pipeline.evaluation.plan import make_plan
 
     config = parse_evaluate_config(argv)
     if config.dry_run:

@@ -4,7 +4,7 @@
     python jobs/preprocess.py --source work/toy --out work/store --resolutions 64x128,128x256,256x512
     ray job submit -- python jobs/preprocess.py --source s3://bucket/cityscapes --out s3://bucket/store
 
-The job is pipeline.data.preprocess: bad inputs are listed with their reasons in the store's
+The job is pipeline.preprocessing.job: bad inputs are listed with their reasons in the store's
 manifest, every good sample is written, and re-running finishes an interrupted store.
 """
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Sequence
 if __package__ in (None, ""):  # `python jobs/preprocess.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.data.preprocess import parse_preprocess_config, run
 from pipeline.options import to_dict
+from pipeline.preprocessing.config import parse_preprocess_config
+from pipeline.preprocessing.job import run
 from pipeline.runtime import entrypoint
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # `python jobs/train.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.runtime import entrypoint
+from pipeline.runtime import JobFailed, entrypoint
 from pipeline.training.config import parse_train_config
 
 
@@ -41,9 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             run(config)
     except TrainingFailedError as exc:  # workers failed more than --max-failures times
-        print(f"{exc}\nerror: training failed; re-run the same command to resume from its last checkpoint",
-              file=sys.stderr)
-        return 1
+        print(exc, file=sys.stderr)  # then the run's URL and the error line (pipeline.runtime.entrypoint)
+        raise JobFailed("training failed; re-run the same command to resume from its last checkpoint") from None
     return 0
 
 

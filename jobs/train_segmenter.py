@@ -6,7 +6,7 @@
 
 For data sets without a standard segmenter (the toy data, a user's own): the evaluation
 (jobs/evaluate.py --segmenter models:/seg-<dataset>-<HxW>@current) scores synthesized images
-with it. The job is pipeline.evaluation.segmenter_training; re-running the same command resumes.
+with it. The job is pipeline.segmenter.job; re-running the same command resumes.
 """
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from typing import Sequence
 if __package__ in (None, ""):  # `python jobs/train_segmenter.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.evaluation.segmenter_training import parse_segmenter_config
 from pipeline.runtime import entrypoint
+from pipeline.segmenter.config import parse_segmenter_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.evaluation.segmenter_training import resolve, run
     from pipeline.options import to_dict
+    from pipeline.segmenter.config import resolve
+    from pipeline.segmenter.job import run
 
     config = parse_segmenter_config(argv)
     if config.dry_run:

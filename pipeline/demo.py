@@ -9,9 +9,9 @@ SQLite file under the work folder, files go to local folders. Each stage is the 
 called the way `ray job submit -- python jobs/<job>.py ...` would call it:
 
 1. `pipeline.data.toy` draws a street-scene data set in the Cityscapes layout, and
-   preprocessing (pipeline.data.preprocess) turns it into a multi-resolution Parquet store;
+   preprocessing (pipeline.preprocessing.job) turns it into a multi-resolution Parquet store;
 2. a segmenter (LR-ASPP MobileNetV3) learns the toy photos with Ray Train and is registered
-   (pipeline.evaluation.segmenter_training): the toy data has no standard segmenter;
+   (pipeline.segmenter.job): the toy data has no standard segmenter;
 3. the CRN trains with Ray Train and is registered as `candidate` (pipeline.training.job);
 4. the evaluation (pipeline.evaluation.job) synthesizes the validation label maps, scores
    them with the segmenter against the real photos' scores, and `--promote` makes the
@@ -23,7 +23,7 @@ called the way `ray job submit -- python jobs/<job>.py ...` would call it:
    photos) on the validation split, FID or why not, diversity, each stage's seconds.
 
 The defaults are sized so that `make demo` in a fresh clone, the install included, stays
-within 15 minutes on a 2-core CPU; README, "Two commands", says why each was chosen.
+within 15 minutes on a 2-core CPU; docs/recipe.md#the-demos-settings says why each was chosen.
 Re-running the same command resumes: the data set and store are reused, each training picks
 up from its last checkpoint (a finished one is reused), synthesis writes only missing images.
 """
@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.data.store import VAL_SPLIT
 from pipeline.data.toy import make_toy_store
-from pipeline.options import at_least, from_argv, option, positive, to_dict
+from pipeline.options import AUTO, at_least, dry_run_option, from_argv, option, positive, to_dict
 from pipeline.runtime import init_ray, tracking_uri, work_dir
 
 DEMO_EXPERIMENT = "crn-demo"
@@ -63,10 +64,10 @@ class DemoConfig:
                                         "the other core feeds the worker", check=at_least(1))
     train_scenes: int = option(96, "toy training scenes to draw", check=at_least(1))
     val_scenes: int = option(32, "toy validation scenes to draw, synthesize and score", check=at_least(2))
-    vgg_weights: str = option("auto", "loss network weights: imagenet, random, a .pth file, or auto (imagenet if "
+    vgg_weights: str = option(AUTO, "loss network weights: imagenet, random, a .pth file, or auto (imagenet if "
                                       "torchvision's cache has them, else random, said loudly)")
-    fid_weights: str = option("auto", "FID Inception weights: a file, auto (torch-fidelity's cache if there), or none")
-    dry_run: bool = option(False, "print the resolved plan and exit")
+    fid_weights: str = option(AUTO, "FID Inception weights: a file, auto (torch-fidelity's cache if there), or none")
+    dry_run: bool = dry_run_option("the resolved plan")
 
 
 def parse_demo_config(argv: Sequence[str] | None) -> DemoConfig:
@@ -75,7 +76,7 @@ def parse_demo_config(argv: Sequence[str] | None) -> DemoConfig:
 
 def choose_vgg_weights(requested: str) -> str:
     """`auto` means ImageNet weights if torchvision's cache holds them; otherwise random, loudly."""
-    if requested != "auto":
+    if requested != AUTO:
         return requested
     from crn.vgg import imagenet_cache_path
 
@@ -123,13 +124,15 @@ def run(config: DemoConfig) -> dict:
     if config.dry_run:
         return plan
 
+    from crn.resolution import Resolution
     from pipeline.evaluation import job as evaluation_job
-    from pipeline.evaluation import segmenter_training
-    from pipeline.evaluation.config import parse_evaluate_config
+    from pipeline.evaluation.config import EvaluateConfig
+    from pipeline.segmenter import job as segmenter_job
+    from pipeline.segmenter.config import SegmenterTrainConfig
     from pipeline.synthesis import job as synthesis_job
-    from pipeline.synthesis.config import parse_synthesize_config
+    from pipeline.synthesis.config import SynthesizeConfig
     from pipeline.training import job as train_job
-    from pipeline.training.config import parse_train_config
+    from pipeline.training.config import TrainConfig
 
     clock = StageClock()
     clock.stage("data", f"toy data set -> {source}, preprocessed -> {store}")
@@ -140,58 +143,43 @@ def run(config: DemoConfig) -> dict:
 
     clock.stage("segmenter", f"training the segmenter that scores the images ({config.segmenter_steps} steps, "
                              "Ray Train)")
-    segmenter = segmenter_training.run(segmenter_training.parse_segmenter_config([
-        "--store", str(store), "--resolution", resolution, "--steps", str(config.segmenter_steps),
-        "--num-workers", str(config.num_workers), "--threads-per-worker", str(config.threads_per_worker),
-        "--storage-path", storage, "--experiment", DEMO_EXPERIMENT,
-    ]))
+    segmenter = segmenter_job.run(SegmenterTrainConfig(  # resolved by the job (pipeline.segmenter.config.resolve)
+        store=str(store), resolution=Resolution.parse(resolution), steps=config.segmenter_steps,
+        num_workers=config.num_workers, threads_per_worker=config.threads_per_worker, storage_path=storage,
+        experiment=DEMO_EXPERIMENT))
 
     clock.stage("train", f"training {config.preset} (K={config.num_outputs}) for {config.steps} steps (Ray Train, "
                          f"{config.num_workers} worker(s))")
-    trained = train_job.run(parse_train_config([
-        "--store", str(store), "--preset", config.preset, "--num-outputs", str(config.num_outputs),
-        "--steps", str(config.steps), "--lr", str(config.lr), "--num-workers", str(config.num_workers),
-        "--threads-per-worker", str(config.threads_per_worker),
-        "--vgg-weights", vgg, "--experiment", DEMO_EXPERIMENT, "--model-name", model_name, "--storage-path", storage,
-        "--checkpoint-every", "250", "--image-every", "250",
-    ]))
+    trained = train_job.run(TrainConfig(
+        store=str(store), preset=config.preset, num_outputs=config.num_outputs, steps=config.steps, lr=config.lr,
+        num_workers=config.num_workers, threads_per_worker=config.threads_per_worker, vgg_weights=vgg,
+        experiment=DEMO_EXPERIMENT, model_name=model_name, storage_path=storage, checkpoint_every=250,
+        image_every=250))
 
     version_uri = f"models:/{model_name}/{trained.model_version}"
     clock.stage("evaluate", f"evaluating {version_uri} on the validation split, then the registry gate")
-    evaluation = evaluation_job.run(parse_evaluate_config([
-        "--model", version_uri, "--store", str(store), "--split", "val", "--segmenter", segmenter.uri,
-        "--fid-weights", config.fid_weights, "--synthesized", str(out / "synthesized" / f"v{trained.model_version}"),
-        "--experiment", DEMO_EXPERIMENT, "--promote",
-    ]))
+    evaluation = evaluation_job.run(EvaluateConfig(
+        model=version_uri, store=str(store), split=VAL_SPLIT, segmenter=segmenter.uri, fid_weights=config.fid_weights,
+        synthesized=str(out / "synthesized" / f"v{trained.model_version}"), experiment=DEMO_EXPERIMENT, promote=True))
     champion = evaluation.gate.champion_after
 
     gallery_dir = out / "synthesized" / f"v{champion}"
     clock.stage("synthesize", f"synthesizing the validation split with models:/{model_name}@champion (version "
                               f"{champion}) -> {gallery_dir}")
-    synthesis_job.run(parse_synthesize_config([
-        "--model", f"models:/{model_name}@champion", "--store", str(store), "--split", "val",
-        "--output", str(gallery_dir), "--experiment", DEMO_EXPERIMENT,
-    ]))
+    synthesis_job.run(SynthesizeConfig(model=f"models:/{model_name}@champion", store=str(store), split=VAL_SPLIT,
+                                       output=str(gallery_dir), experiment=DEMO_EXPERIMENT))
     stage_seconds = clock.stop()
 
-    metrics = evaluation.metrics
     summary = {
-        "demo_miou_ratio": metrics["miou_ratio"],
-        "miou_synthesized": metrics["miou"],
-        "miou_real_photos": metrics["real_miou"],
-        "pixel_accuracy_synthesized": metrics["pixel_accuracy"],
-        "pixel_accuracy_real_photos": metrics["real_pixel_accuracy"],
-        "fid": metrics["fid"],
-        "fid_note": evaluation.fid_note,
-        "diversity": metrics["diversity"],
-        "diversity_measure": "per class, mean L1 RGB distance (0..1) between pairs of the K variants inside the "
-                             "class's region, averaged over samples, then classes",
+        "demo_miou_ratio": evaluation.metrics["miou_ratio"],
+        "metrics": evaluation.metrics,  # every metric of pipeline.evaluation.metrics, by name
+        "notes": evaluation.notes,  # why a metric has no value
         "evaluated_model": version_uri,
         "champion": f"models:/{model_name}/{champion}",
         "gate": evaluation.gate.reason,
         "protocol_id": evaluation.protocol_id,
         "segmenter": segmenter.uri,
-        "split": "val",
+        "split": VAL_SPLIT,
         "val_scenes": config.val_scenes,
         "preset": config.preset,
         "num_outputs": config.num_outputs,

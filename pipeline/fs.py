@@ -2,12 +2,13 @@
 
 pyarrow's filesystems are what Ray Data, Parquet and our own readers share, and they
 pickle, so the same object travels to Ray workers. pyarrow's S3FileSystem does not read
-`AWS_ENDPOINT_URL` by itself (stack-notes.md), so we pass it explicitly: that is how the
+`AWS_ENDPOINT_URL` by itself (docs/stack-facts.md#s3-without-aws), so we pass it explicitly: that is how the
 tests reach moto on 127.0.0.1 and how a cluster reaches MinIO or another S3-compatible
 service. Credentials come from the usual AWS chain (environment, ~/.aws, instance role).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 from pathlib import Path
@@ -108,10 +109,25 @@ def write_bytes_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     write_atomically(fs, path, lambda handle: handle.write(data))
 
 
+def is_local(location: str) -> bool:
+    """True for a path on this machine's disks; False for a URI (`s3://`, `file://`, MLflow's
+    `models:/` and `runs:/`, ...)."""
+    return "://" not in location and not location.startswith(("models:/", "runs:/"))
+
+
 def absolute(location: str) -> str:
-    """A location as workers elsewhere can use it: local paths made absolute, URIs (`s3://`,
-    `models:/`, `runs:/`, ...) and the empty string unchanged. Ray workers run in other
-    working directories, so every path a job hands them goes through here first."""
-    if not location or "://" in location or location.startswith(("models:/", "runs:/")):
+    """A location as workers elsewhere can use it: local paths made absolute, URIs and the
+    empty string unchanged. Ray workers run in other working directories, so every path a job
+    hands them goes through here first."""
+    if not location or not is_local(location):
         return location
     return str(Path(location).expanduser().resolve())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a local file, as 64 hex digits, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -32,15 +32,43 @@ PRECISIONS = ("fp32", "bf16")  # how a network runs: float32, or bfloat16 autoca
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, parse: Callable[[str], Any] | None = None,
            choices: Sequence[str] | None = None, check: Callable[[Any], None] | None = None,
-           identity: bool = False) -> Any:
+           identity: bool = False, group: str = "") -> Any:
     """A dataclass field that is also a command-line flag (see the module docstring).
 
     `identity=True` marks a field that changes what a job computes (see `identity_of`).
+    `group` titles the section of --help the flag is listed in (default: the job's own options).
     """
-    metadata = {"help": help, "parse": parse, "choices": choices, "check": check, "identity": identity}
+    metadata = {"help": help, "parse": parse, "choices": choices, "check": check, "identity": identity, "group": group}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+# ---- the options every job shares, declared once (each job picks the ones it has) ----
+
+TRACKING = "tracking (MLflow)"
+
+
+def store_option(help: str = "preprocessed store: a folder or s3://bucket/prefix", default: Any = dataclasses.MISSING,
+                 identity: bool = False) -> Any:
+    return option(default, help, identity=identity)
+
+
+def batch_size_option(default: int, what: str, identity: bool = False) -> Any:
+    return option(default, what, check=at_least(1), identity=identity)
+
+
+def experiment_option(default: str, help: str = "MLflow experiment name") -> Any:
+    return option(default, help, group=TRACKING)
+
+
+def run_name_option() -> Any:
+    """The MLflow run's name. (Training's `--run-name` names its Ray Train run, which resumes.)"""
+    return option("", "MLflow run name (default: MLflow's)", group=TRACKING)
+
+
+def dry_run_option(shows: str = "the resolved configuration") -> Any:
+    return option(False, f"print {shows} and exit", group=TRACKING)
 
 
 def at_least(minimum: float) -> Callable[[Any], None]:
@@ -74,19 +102,23 @@ def flag_name(name: str) -> str:
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """The argparse parser of a config dataclass: one flag per `option` field."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    groups: dict[str, Any] = {"": parser}
     types = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         meta = field.metadata
+        title = meta.get("group", "")
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        add = groups[title].add_argument
         flag = flag_name(field.name)
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         if types[field.name] is bool:
-            parser.add_argument(flag, action="store_true", help=meta.get("help", ""))
+            add(flag, action="store_true", help=meta.get("help", ""))
             continue
         default = None if required else _default(field)
         shown = "" if required or default in ("", None) else f" (default: {format_value(default)})"
-        parser.add_argument(flag, required=required, default=None, choices=meta.get("choices"),
-                            metavar=None if meta.get("choices") else field.name.upper(),
-                            help=meta.get("help", "") + shown)
+        add(flag, required=required, default=None, choices=meta.get("choices"),
+            metavar=None if meta.get("choices") else field.name.upper(), help=meta.get("help", "") + shown)
     return parser
 
 

@@ -1,7 +1,9 @@
 """What every job records in MLflow besides its own params and metrics.
 
 - `start_job_run`: the job's run (every job is one run) with a description, the code's git
-  commit and system metrics;
+  commit and system metrics; the runs a process started are remembered (`started_runs`), so
+  that a failed job can name them, with their URLs (`run_url`), before its error line
+  (pipeline.runtime.entrypoint);
 - `log_store_input`: a preprocessed store as the run's dataset input, named by its source
   and identified by its key (the digest of its sources and settings);
 - `log_model_input`: the registered model version a run used on the run, and the run on
@@ -12,8 +14,19 @@ from __future__ import annotations
 import os
 import subprocess
 import warnings
+from dataclasses import dataclass
 
-from pipeline.runtime import REPO_ROOT, setup_mlflow
+from pipeline.runtime import REPO_ROOT, setup_mlflow, tracking_uri
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    run_id: str
+    experiment_id: str
+    name: str
+
+
+_started_runs: dict[str, StartedRun] = {}  # by run id, in the order started
 
 
 def start_job_run(experiment: str, *, description: str, run_name: str | None = None, run_id: str | None = None,
@@ -26,9 +39,37 @@ def start_job_run(experiment: str, *, description: str, run_name: str | None = N
 
     setup_mlflow(experiment)
     if run_id is not None:
-        return mlflow.start_run(run_id=run_id, log_system_metrics=True)
-    return mlflow.start_run(run_name=run_name, description=description, log_system_metrics=True,
-                            tags={"crn.git_commit": git_commit(), **(tags or {})})
+        active = mlflow.start_run(run_id=run_id, log_system_metrics=True)
+    else:
+        active = mlflow.start_run(run_name=run_name, description=description, log_system_metrics=True,
+                                  tags={"crn.git_commit": git_commit(), **(tags or {})})
+    _started_runs.setdefault(active.info.run_id, StartedRun(active.info.run_id, active.info.experiment_id,
+                                                            active.info.run_name or ""))
+    return active
+
+
+def started_runs() -> list[StartedRun]:
+    """The runs `start_job_run` started (or resumed) in this process since `forget_started_runs`."""
+    return list(_started_runs.values())
+
+
+def forget_started_runs() -> None:
+    _started_runs.clear()
+
+
+def run_url(run: StartedRun, uri: str | None = None) -> str:
+    """Where a person sees the run: on the tracking server, or, for a local store, in `mlflow ui`
+    started on it (said after the URL)."""
+    uri = uri or tracking_uri()
+    path = f"#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    return f"http://127.0.0.1:5000/{path} (after: mlflow ui --backend-store-uri {uri})"
+
+
+def describe_started_runs() -> list[str]:
+    """One line per run this process started: its name and URL (pipeline.runtime.entrypoint)."""
+    return [f"MLflow run {run.name or run.run_id}: {run_url(run)}" for run in started_runs()]
 
 
 def git_commit() -> str:

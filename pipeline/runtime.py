@@ -7,8 +7,10 @@ pieces of wiring that every stage of the pipeline needs the same way.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -52,25 +54,94 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-def entrypoint(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
-    """Wrap a job's `main(argv)` for the command line: user errors become one line on stderr.
+class JobFailed(Exception):
+    """A failure the job has explained in its own lines already (a training whose workers failed
+    too often): `error: <message>` and exit code 1, no traceback."""
 
-    Tests call the unwrapped `main` and see the exception; a person sees
-    `error: <message>` and a non-zero exit, never a stack trace for their own mistake.
+
+def entrypoint(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a job's `main(argv)` for the command line: what a failed job prints, and its log.
+
+    Tests call the unwrapped `main` and see the exception; a person sees `error: <message>`
+    and a non-zero exit, never a stack trace for their own mistake. A failed job first names
+    the MLflow runs it started (pipeline.records.started_runs), with their URLs, so that what
+    it recorded is one click away; the error line comes last, alone: Ray, if this job
+    started it, is stopped before, so nothing of its comes after. An unexpected exception (a
+    bug) keeps its traceback, above the run URLs.
+
+    While `main` runs, the libraries' chatter goes to the job's log file,
+    `<work dir>/logs/<job>-<time>.log` (pipeline.console.JobLog): its path is printed once,
+    when the job starts Ray or first writes there.
     """
 
     @functools.wraps(main)
     def run(argv: Sequence[str] | None = None) -> int:
+        from pipeline import console
+
+        console.begin_job(_job_name(main), _job_log_folder)
+        if "pipeline.records" in sys.modules:
+            sys.modules["pipeline.records"].forget_started_runs()
         try:
             return main(argv)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return _failed(f"error: {exc}", 2)
+        except JobFailed as exc:
+            return _failed(f"error: {exc}", 1)
         except KeyboardInterrupt:
-            print("interrupted: re-run the same command to resume", file=sys.stderr)
-            return 130
+            return _failed("interrupted: re-run the same command to resume", 130)
+        except Exception as exc:  # a bug: its traceback, then the runs, then the error line
+            traceback.print_exc()
+            message = (str(exc).strip().splitlines() or [""])[0]
+            return _failed(f"error: {type(exc).__name__}: {message}" if message else f"error: {type(exc).__name__}", 1)
+        finally:
+            console.end_job()
 
     return run
+
+
+def _job_name(main: Callable) -> str:
+    """The job's name in its log file's: the stem of the file that defines `main` (jobs/train.py: train)."""
+    try:
+        return Path(inspect.getsourcefile(main) or "job").stem
+    except TypeError:
+        return "job"
+
+
+def _job_log_folder() -> Path:
+    return work_dir() / "logs"
+
+
+def _failed(line: str, code: int) -> int:
+    """The end of a failed job's output: the MLflow runs it started, then `line`, last."""
+    sys.stdout.flush()
+    _stop_own_ray()
+    records = sys.modules.get("pipeline.records")  # not imported: no run was started
+    try:
+        runs = records.describe_started_runs() if records is not None else []
+    except Exception:  # naming the runs must not hide the error
+        runs = []
+    for text in runs:
+        print(text, file=sys.stderr)
+    print(line, file=sys.stderr, flush=True)
+    return code
+
+
+_ray_connected_here = False  # whether init_ray started (or connected to) Ray in this process
+
+
+def _stop_own_ray() -> None:
+    """Disconnect from (and stop, when local) the Ray instance that init_ray started, so that its
+    last worker lines come before a failed job's error line, not after. A Ray that someone
+    else started in this process (a test session's) is left alone."""
+    if not _ray_connected_here:
+        return
+    import ray
+
+    if ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception:
+            pass
 
 
 def work_dir() -> Path:
@@ -131,19 +202,27 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
 
     Locally we give Ray more logical CPUs than the machine has cores: on 2 cores, training
     workers that take every CPU starve the Ray Data tasks that feed them and the job hangs
-    (stack-notes.md). Logical CPUs are scheduling slots, not threads.
+    (docs/stack-facts.md#ray-logical-cpus). Logical CPUs are scheduling slots, not threads.
     """
     import ray
 
     from pipeline import console
 
+    global _ray_connected_here
     if ray.is_initialized():
         return
     console.quiet_driver_notices()
+    # The libraries' chatter goes to the job's log; its path is said now, as Ray starts. A
+    # driver that did not come through `entrypoint` gets one all the same (pipeline.console).
+    if console.current_job() is None:
+        console.begin_job(Path(sys.argv[0]).stem or "python", _job_log_folder)
+    console.current_job().open()
+    console.quiet_ray_data(interactive=sys.stdout.isatty() and sys.stderr.isatty())
     # Every worker process of the job runs the setup hook (pipeline.console says why).
     runtime_env = {"worker_process_setup_hook": console.prepare_worker_process}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, runtime_env=runtime_env)
+        _ray_connected_here = True
         console.filter_worker_lines()
         return
     if num_cpus is None:
@@ -155,4 +234,5 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     # stack, someone else's) runs on this machine; ray.init() alone would join that one.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
              log_to_driver=True, runtime_env=runtime_env)
+    _ray_connected_here = True
     console.filter_worker_lines()

@@ -55,18 +55,18 @@ def image_grid(labels: np.ndarray, outputs: np.ndarray, photos: np.ndarray | Non
     photos uint8 [B, H, W, 3] or None (label-only data). Returns uint8 [rows, cols, 3] with
     white gaps between tiles.
     """
-    batch, num_outputs, height, width, _ = outputs.shape
-    tiles_per_row = num_outputs + 1 + (photos is not None)
-    grid = np.full(
-        (batch * height + (batch - 1) * GAP, tiles_per_row * width + (tiles_per_row - 1) * GAP, 3),
-        255,
-        dtype=np.uint8,
-    )
-    for b in range(batch):
-        row = [colorize(labels[b], palette)] + list(outputs[b]) + ([photos[b]] if photos is not None else [])
-        top = b * (height + GAP)
-        for t, tile in enumerate(row):
-            left = t * (width + GAP)
+    return tile_rows([[colorize(labels[b], palette), *outputs[b], *([photos[b]] if photos is not None else [])]
+                      for b in range(len(outputs))])
+
+
+def tile_rows(rows: list[list[np.ndarray]]) -> np.ndarray:
+    """Equal-sized RGB tiles uint8 [H, W, 3], row by row, into one picture with white gaps."""
+    height, width = rows[0][0].shape[:2]
+    columns = max(len(row) for row in rows)
+    grid = np.full((len(rows) * (height + GAP) - GAP, columns * (width + GAP) - GAP, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            top, left = r * (height + GAP), c * (width + GAP)
             grid[top : top + height, left : left + width] = tile
     return grid
 

@@ -14,7 +14,7 @@ S3 and MLflow.
 
 The cluster: a head with no CPUs (the drivers and Ray Train's controller live there, never
 a worker: as a real cluster's head is often set up) and worker nodes with 2 or 3 logical
-CPUs each on this machine's 2 cores (stack-notes.md: logical CPUs are slots, not threads).
+CPUs each on this machine's 2 cores (docs/stack-facts.md#ray-logical-cpus: logical CPUs are slots, not threads).
 Everything listens on 127.0.0.1, and Ray's files go to a folder of this run's own
 (`RAY_TMPDIR`), so the cluster never meets another Ray instance on the machine: Ray's own
 processes that look for "the" cluster without an address (Ray Train's placement-group

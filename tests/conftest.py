@@ -7,7 +7,7 @@
   pyarrow, s3fs and Ray workers reach, unlike moto's in-process mock), bucket `test-bucket`.
 - `ray_session`: one local Ray instance for the whole session (starting one costs ~6 s).
   It gets 4 logical CPUs on 2 cores so training workers cannot starve Ray Data
-  (stack-notes.md).
+  (docs/stack-facts.md#ray-logical-cpus).
 - MLflow: a real SQLite tracking store in the session's temporary folder, named by
   `MLFLOW_TRACKING_URI` so Ray workers and jobs find it too.
 
@@ -16,9 +16,14 @@ Environment variables are set before Ray starts so that its workers inherit them
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from chain_presets import add_chain_presets
+
+# The test-only presets (crn-chain-*) join the production tables before any test imports them.
+add_chain_presets()
 
 BUCKET = "test-bucket"
 
@@ -82,8 +87,11 @@ def ray_session(s3_endpoint):
 
     # address="local": our own instance even when a `ray start` head runs on the machine. The
     # setup hook as in pipeline.runtime.init_ray: Ray Train's cleaner then finds this instance.
+    # The tests' folder is on the workers' path, as an installed plug-in's package would be
+    # (tests/plugin_fixtures.py: a generator and a metric from outside the project's packages).
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": prepare_worker_process})
+             runtime_env={"worker_process_setup_hook": prepare_worker_process,
+                          "env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent)}})
     yield ray
     ray.shutdown()
 

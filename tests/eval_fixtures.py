@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.data.schema import LabelSchema
-from pipeline.evaluation.segmenter import save_torchscript
+from pipeline.segmenter.file import save_torchscript
 from pipeline.visualize import schema_palette
 
 

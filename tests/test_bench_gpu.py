@@ -3,7 +3,7 @@
     .venv/bin/python -m pytest tests/test_bench_gpu.py -q
 
 The same functions `make bench-gpu` runs on a GPU, called with device="cpu" and the CPU
-settings (crn-tiny at 32x64 for 256p, crn-chain-64p for 1024p), bf16 autocast included.
+settings (crn-tiny at 32x64 for 256p, crn-small for 1024p), bf16 autocast included.
 References: a convolution's FLOPs counted by hand, the same step without activation
 checkpointing (its gradients), the loss going down over steps, the peak table's rows.
 """

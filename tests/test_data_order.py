@@ -1,4 +1,4 @@
-"""The order training visits the data in: a fresh permutation of all rows every epoch (crn-spec.md 4).
+"""The order training visits the data in: a fresh permutation of all rows every epoch (docs/recipe.md#data-order).
 
     .venv/bin/python -m pytest tests/test_data_order.py -q
 
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from pipeline.data.preprocess import parse_preprocess_config, run
 from pipeline.data.rows import RowReader
 from pipeline.data.store import decode_labels, decode_photos, label_column, open_store, photo_column
 from pipeline.data.toy import generate_toy_dataset
+from pipeline.preprocessing.config import parse_preprocess_config
+from pipeline.preprocessing.job import run
 from pipeline.training.order import epoch_permutation, rank_batches, steps_per_epoch
 
 SAMPLES, RESOLUTION = 200, "8x16"

@@ -11,6 +11,7 @@ real MLflow SQLite store and registry.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -28,11 +29,13 @@ from pipeline.data.store import decode_labels, decode_photos, label_column, open
 from pipeline.errors import UserError
 from pipeline.evaluation import scoring
 from pipeline.evaluation.config import parse_evaluate_config
-from pipeline.evaluation.job import make_plan, run
-from pipeline.evaluation.metrics import class_diversity, confusion_matrix, diversity_score, segmentation_scores
-from pipeline.evaluation.segmenter import Segmenter
+from pipeline.evaluation.job import run
+from pipeline.evaluation.metrics.diversity import class_diversity, diversity_score
+from pipeline.evaluation.metrics.segmentation import confusion_matrix, segmentation_scores
+from pipeline.evaluation.plan import make_plan
 from pipeline.registry.models import log_and_register
 from pipeline.runtime import CPU_WORKER_MALLOC_ENV, setup_mlflow
+from pipeline.segmenter.file import Segmenter
 from pipeline.synthesis.outputs import decode_png, image_path
 
 RESOLUTION = "32x64"  # crn-tiny's top resolution
@@ -79,7 +82,7 @@ def direct_scores(inputs) -> dict:
     photos = decode_photos(table.column(photo_column(RESOLUTION)), RESOLUTION)
     # The synthesis job's forward-pass settings: batches of 8, one CPU actor with every core.
     images = reference_images(inputs["checkpoint"], labels, batch_size=8, threads=os.cpu_count())  # [N, K, H, W, 3]
-    segmenter = Segmenter(inputs["segmenter"].read_bytes(), num_classes=19)
+    segmenter = Segmenter(inputs["segmenter"].read_bytes(), 19)
     count, k = images.shape[:2]
     fake = images.reshape(-1, *images.shape[2:])
     fake_predictions = segmenter.predict(fake).reshape(count, k, *labels.shape[1:])
@@ -108,7 +111,7 @@ def test_scores_equal_a_direct_computation(inputs, evaluated):
         assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12), key
     assert got["fid"] == pytest.approx(expected["fid"], rel=1e-4)
     assert 0 < got["miou"] < 1 and got["diversity"] > 0  # a model of random weights: far from perfect, K=2 differ
-    assert evaluated.fid_note == "" and not evaluated.reused_images
+    assert "fid" not in evaluated.notes and not evaluated.reused_images
 
 
 def test_mlflow_run_registry_tags_and_record(inputs, evaluated):
@@ -119,9 +122,9 @@ def test_mlflow_run_registry_tags_and_record(inputs, evaluated):
     assert run_data.tags["crn.protocol_id"] == evaluated.protocol_id
     assert run_data.params["protocol.split"] == SPLIT and run_data.params["protocol.num_samples"] == "4"
     artifacts = {a.path for a in client.list_artifacts(evaluated.run_id)}
-    assert {"per_class_iou.json", "grid.png", "evaluation.json"} <= artifacts
+    assert {"per_class.json", "grid.png", "evaluation.json"} <= artifacts
     table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=evaluated.run_id,
-                                                                 artifact_path="per_class_iou.json")).read())
+                                                                 artifact_path="per_class.json")).read())
     assert table["columns"][:3] == ["class", "iou_synthesized", "iou_real"] and len(table["data"]) == 19
     # The version carries the scores and the protocol id, and links to the run.
     tags = client.get_model_version(MODEL_NAME, inputs["version"]).tags
@@ -141,11 +144,35 @@ def test_rerun_reuses_the_images_and_gives_the_same_protocol_and_scores(inputs, 
     again = run(parse_evaluate_config(argv(inputs, "--promote", "--fid-weights", "none")))
     assert [json.loads(p.read_text()) for p in tmp_path.glob("actor-*.json")] == [CPU_WORKER_MALLOC_ENV]
     assert again.reused_images
-    assert again.fid_note == "FID not computed: --fid-weights none" and again.metrics["fid"] is None
+    assert again.notes["fid"] == "FID not computed: --fid-weights none" and again.metrics["fid"] is None
     assert again.protocol_id != evaluated.protocol_id  # no FID weights: another protocol
     for key in ("miou", "real_miou", "diversity"):
         assert again.metrics[key] == evaluated.metrics[key]
     assert again.gate.reason == f"version {inputs['version']} is already @champion"
+
+
+def test_the_version_opened_is_the_one_synthesized_even_if_the_alias_moves(inputs, monkeypatch, tmp_path):
+    """The evaluation opens the model once and hands that version to the synthesis it runs: an
+    alias moved in between changes neither the images nor what they are labelled with."""
+    from pipeline.evaluation import job
+
+    client = MlflowClient()
+    other = make_test_checkpoint(tmp_path / "other.pt", seed=6)
+    with mlflow.start_run():
+        other_version = log_and_register(other, MODEL_NAME, alias="moving")
+    client.set_registered_model_alias(MODEL_NAME, "moving", inputs["version"])
+
+    def move_the_alias(*args, **kwargs) -> bool:  # runs after the plan, before the synthesis
+        client.set_registered_model_alias(MODEL_NAME, "moving", other_version)
+        return False
+
+    monkeypatch.setattr(job, "images_complete", move_the_alias)
+    outcome = run(parse_evaluate_config(argv(inputs, "--model", f"models:/{MODEL_NAME}@moving", "--fid-weights", "none",
+                                             "--synthesized", str(tmp_path / "synthesized"))))
+    made = json.loads((tmp_path / "synthesized" / "job.json").read_text())
+    assert made["model_version"] == inputs["version"] and outcome.model_uri == inputs["uri"]
+    assert made["model_sha256"] == hashlib.sha256(inputs["checkpoint"].read_bytes()).hexdigest()
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "moving").version) == other_version
 
 
 def test_mistakes_are_one_line_errors(inputs, tmp_path):

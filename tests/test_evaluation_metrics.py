@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
 from eval_fixtures import PaletteSegmenter, write_palette_segmenter, write_random_inception_weights
 
 from pipeline.data.schema import load_schema
 from pipeline.errors import UserError
-from pipeline.evaluation.fid import InceptionFeatures, fid_from_features, find_inception_weights
-from pipeline.evaluation.metrics import class_diversity, confusion_matrix, diversity_score, segmentation_scores
+from pipeline.evaluation.metrics.diversity import class_diversity, diversity_score
+from pipeline.evaluation.metrics.fid import InceptionFeatures, fid_from_features, find_inception_weights
+from pipeline.evaluation.metrics.segmentation import confusion_matrix, segmentation_scores
 from pipeline.evaluation.protocol import Protocol, sample_ids_digest
-from pipeline.evaluation.segmenter import Segmenter, check_class_order, open_segmenter
+from pipeline.segmenter.file import Segmenter, check_class_order, open_segmenter
 from pipeline.visualize import colorize, schema_palette
 
 VOID3 = 3  # with 3 classes, index 3 is void
@@ -42,7 +42,7 @@ def test_scores_equal_hand_computed_values_with_void_ignored():
     # class 0: TP 1 (0,0), FP 1 (1,2), FN 1 (0,1) -> 1/3
     # class 1: TP 2 (0,2),(1,0), FP 1 (0,1), FN 0 -> 2/3
     # class 2: TP 1 (1,1), FP 0, FN 1 (1,2)      -> 1/2
-    confusion = confusion_matrix(labels, preds, num_classes=3)
+    confusion = confusion_matrix(labels, preds, num_scored_classes=3)
     assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     scores = segmentation_scores(confusion)
     assert scores.per_class_iou == pytest.approx([1 / 3, 2 / 3, 1 / 2])
@@ -56,7 +56,7 @@ def test_absent_classes_are_left_out_and_false_positives_count():
     # Class 2: in no label and no prediction -> no IoU, not in the mean.
     # Class 3: predicted once but in no label -> IoU 0, in the mean.
     preds = np.array([[0, 0, 1, 3]], dtype=np.uint8)
-    scores = segmentation_scores(confusion_matrix(labels, preds, num_classes=4))
+    scores = segmentation_scores(confusion_matrix(labels, preds, num_scored_classes=4))
     assert scores.per_class_iou == [1.0, 0.5, None, 0.0]
     assert scores.miou == pytest.approx((1.0 + 0.5 + 0.0) / 3)
     assert scores.pixel_accuracy == pytest.approx(3 / 4)
@@ -140,10 +140,10 @@ def test_diversity_equals_hand_computed_values():
     b = np.zeros((1, 4, 3), dtype=np.uint8)
     b[:, :2] = 255  # class 0: |255 - 0| / 255 = 1 in every channel
     b[:, 2:] = 51  # class 1: 51 / 255 = 0.2
-    value, present = class_diversity(label, np.stack([a, b]), num_classes=3)
+    value, present = class_diversity(label, np.stack([a, b]), num_scored_classes=3)
     assert value.tolist() == pytest.approx([1.0, 0.2, 0.0]) and present.tolist() == [True, True, False]
     # Three variants: pairs (a,b) 1.0, (a,a) 0, (b,a) 1.0 inside class 0 -> 2/3; class 1: 0.4/3.
-    value3, _ = class_diversity(label, np.stack([a, b, a]), num_classes=3)
+    value3, _ = class_diversity(label, np.stack([a, b, a]), num_scored_classes=3)
     assert value3.tolist() == pytest.approx([2 / 3, 0.4 / 3, 0.0])
     # Averaged over samples where the class occurs, then over classes.
     mean, per_class = diversity_score(value + value3, present.astype(int) * 2)
@@ -156,7 +156,7 @@ def test_one_variant_or_identical_variants_have_no_diversity():
     label = rng.integers(0, 4, size=(6, 8), dtype=np.uint8)
     image = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
     for variants in (image[None], np.stack([image, image, image])):
-        value, present = class_diversity(label, variants, num_classes=3)  # 3 = void here: left out
+        value, present = class_diversity(label, variants, num_scored_classes=3)  # 3 = void here: left out
         assert value.tolist() == [0.0, 0.0, 0.0] and present.any()
 
 

@@ -25,8 +25,9 @@ from crn.tf_checkpoint import read_tf_checkpoint, tf_checkpoint_names
 from jobs.import_weights import main
 from pipeline.data.schema import cityscapes_schema
 from pipeline.registry.import_weights import matching_preset
-from pipeline.registry.models import load_model
+from pipeline.registry.models import open_model
 from pipeline.runtime import entrypoint
+
 FIXTURE = Path(__file__).resolve().parent / "data" / "authors_tf"
 FILES = ("model.ckpt.index", "model.ckpt.data-00000-of-00001")
 
@@ -73,9 +74,9 @@ def test_imported_checkpoint_computes_what_tensorflow_computed(tmp_path):
 def test_registered_import_loads_from_the_registry(tmp_path):
     out = tmp_path / "authors.pt"
     assert main(["--checkpoint", str(FIXTURE), "--out", str(out), "--register", "--model-name", "crn-authors-test"]) == 0
-    loaded = load_model("models:/crn-authors-test@candidate")
-    assert loaded.version == "1" and loaded.checkpoint["extra"]["source"] == "authors-tf1"
-    assert_matches_tensorflow(loaded.model)
+    loaded = open_model("models:/crn-authors-test@candidate")
+    assert loaded.version == "1" and loaded.description["extra"]["source"] == "authors-tf1"
+    assert_matches_tensorflow(loaded.build())
 
 
 def test_optimizer_slots_saved_with_the_model_are_left_out():

@@ -1,4 +1,4 @@
-"""One-hot label maps and the label pyramid (crn-spec.md sections 1 and 2).
+"""One-hot label maps and the label pyramid (docs/model.md#input-labels).
 
     .venv/bin/python -m pytest tests/test_labels.py -q
 """

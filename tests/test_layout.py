@@ -84,3 +84,56 @@ def test_every_job_file_is_a_short_entry_point(path):
     mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
     assert mains and [a.arg for a in mains[0].args.args] == ["argv"], f"{path.name}: no main(argv)"
     assert len(path.read_text().splitlines()) <= 150, f"{path.name} is longer than 150 lines"
+
+
+# ---- one way to do each thing: read off the source as well ----
+
+def calls_named(path: Path) -> set[str]:
+    """The names every call in the file calls: `f(...)` gives f, `x.f(...)` gives f."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            func = node.func
+            names.add(func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else "")
+    return names
+
+
+def modules_calling(name: str) -> set[str]:
+    return {module for module, path in MODULES.items() if name in calls_named(path)}
+
+
+def test_only_the_store_opens_store_parts():
+    # Store.files lists the Parquet parts; whoever needs rows asks the store (or its row reader).
+    assert modules_calling("files") <= {"pipeline.data.store", "pipeline.data.rows"}
+    parquet_readers = {name for name in MODULES if "pyarrow.parquet" in imports_of(MODULES[name])}
+    # The store reads its parts, the shard writer writes them; synthesis reads its own manifest.
+    assert parquet_readers <= {"pipeline.data.store", "pipeline.data.rows", "pipeline.data.shards",
+                               "pipeline.synthesis.outputs"}, parquet_readers
+
+
+def test_one_function_opens_a_model():
+    defined = {name for name, path in MODULES.items()
+               if any(isinstance(n, ast.FunctionDef) and n.name == "open_model" for n in ast.walk(ast.parse(path.read_text())))}
+    assert defined == {"pipeline.registry.models"}
+    # Rebuilding a generator from a checkpoint, and finding and downloading its file: the
+    # registry's model module (and the MLflow face it logs), nowhere else in the pipeline.
+    assert {m for m in modules_calling("model_from_checkpoint") if not m.startswith("crn")} <= {
+        "pipeline.registry.models", "pipeline.registry.pyfunc"}
+    assert modules_calling("resolve_checkpoint") <= {"pipeline.registry.models", "pipeline.segmenter.file"}
+    assert modules_calling("download_artifacts") <= {"pipeline.registry.models"}
+
+
+def test_library_functions_take_config_objects_not_argv_lists():
+    """A stage that runs another builds its config object; only jobs/ parse command lines."""
+    for name, path in MODULES.items():
+        if name.startswith("pipeline"):
+            parsers = {c for c in calls_named(path) if c.startswith("parse_") and c.endswith("_config")}
+            assert not parsers, f"{path.relative_to(REPO)} parses a command line: {sorted(parsers)}"
+
+
+def test_scheme_tests_and_test_presets_live_in_one_place():
+    for name, path in MODULES.items():
+        text = path.read_text()
+        if name != "pipeline.fs":
+            assert '"://"' not in text, f"{path.relative_to(REPO)} parses a URI itself (use pipeline.fs.is_local)"
+        assert "crn-chain" not in text, f"{path.relative_to(REPO)} names a test-only preset"

@@ -1,4 +1,4 @@
-"""infra/local/stack.sh: the real services start, take jobs, and stop, as the README says.
+"""infra/local/stack.sh: the real services start, take jobs, and stop, as docs/services.md says.
 
     .venv/bin/python -m pytest tests/test_local_stack.py -q
 
@@ -61,7 +61,7 @@ def stack():
 
 
 def in_stack_shell(env: dict, folder: Path, command: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `command` in bash after `source <stack>/env.sh`, as the README tells a user to."""
+    """Run `command` in bash after `source <stack>/env.sh`, as docs/services.md tells a user to."""
     return subprocess.run(["bash", "-c", f"source {folder}/env.sh && {command}"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -1,4 +1,4 @@
-"""The CRN loss against hand-computed values (crn-spec.md section 3).
+"""The CRN loss against hand-computed values (docs/model.md#perceptual-loss).
 
     .venv/bin/python -m pytest tests/test_losses.py -q
 
@@ -130,7 +130,7 @@ def test_real_features_are_computed_once_per_sample_without_a_graph(vgg):
 
 
 def test_terms_are_each_layers_plain_mean_l1(vgg):
-    """Section 3.3: a layer's term is its plain mean L1 (the masks sum to one, so it is the
+    """docs/recipe.md#recalibration: a layer's term is its plain mean L1 (the masks sum to one, so it is the
     sum over classes of E_l), averaged over samples and outputs."""
     fake, real, onehot = random_batch(batch=2, k=2, classes=3)
     loss_fn = CRNLoss(vgg, LAYER_WEIGHTS["cityscapes-256p"])

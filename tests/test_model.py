@@ -1,4 +1,4 @@
-"""The CRN generator against the spec: parameter counts, layer norm, upsampling, K split, errors.
+"""The CRN generator against docs/model.md: parameter counts, layer norm, upsampling, K split, errors.
 
     .venv/bin/python -m pytest tests/test_model.py -q
 """
@@ -45,7 +45,7 @@ def test_presets_resolutions_outputs_and_module_names():
     with torch.device("meta"):
         model = CRN(make_config("crn-256p", CITYSCAPES_CLASSES))
     assert list(model.modules_by_res) == ["4x8", "8x16", "16x32", "32x64", "64x128", "128x256", "256x512"]
-    # M_1..M_4 hold 19.06 M parameters each (spec section 1); conv1 sees 1024 + L channels.
+    # M_1..M_4 hold 19.06 M parameters each (docs/model.md#parameter-counts); conv1 sees 1024 + L channels.
     m1 = model.modules_by_res["8x16"]
     assert m1.conv1.weight.shape == (1024, 1024 + CITYSCAPES_CLASSES, 3, 3)
     assert sum(p.numel() for p in m1.parameters()) == 19_062_784
@@ -122,7 +122,7 @@ def bilinear_align_corners_by_hand(x: torch.Tensor, size: tuple[int, int]) -> to
 
 
 def reference_forward(model: CRN, onehot: torch.Tensor) -> torch.Tensor:
-    """The generator written out from crn-spec.md section 1 without the model's helpers."""
+    """The generator written out from docs/model.md without the model's helpers."""
     config = model.config
     batch, num_labels = onehot.shape[:2]
     labels = [onehot]

@@ -22,7 +22,7 @@ from synth_models import TEST_NUM_OUTPUTS, make_test_checkpoint, reference_image
 
 from crn.inference import generate_images
 from pipeline.errors import UserError
-from pipeline.registry.models import load_model, log_and_register
+from pipeline.registry.models import log_and_register, open_model
 from pipeline.runtime import setup_mlflow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,13 +66,13 @@ def test_versions_and_aliases_are_registered(registered):
 ])
 def test_registered_model_loads_and_matches_its_checkpoint(registered, uri, expected_index, expected_version):
     paths, _ = registered
-    loaded = load_model(uri)
+    loaded = open_model(uri)
     assert loaded.uri == uri and loaded.version == expected_version
-    assert "model" not in loaded.checkpoint and "optimizer" not in loaded.checkpoint
-    assert loaded.checkpoint["label_schema"]["name"] == "cityscapes"
-    assert not loaded.model.training
+    assert "model" not in loaded.description and "optimizer" not in loaded.description
+    assert loaded.description["label_schema"]["name"] == "cityscapes"
+    assert not loaded.build().training
     labels = label_maps(seed=7)
-    images = generate_images(loaded.model, labels)
+    images = generate_images(loaded.build(), labels)
     assert images.shape == (3, TEST_NUM_OUTPUTS, HEIGHT, WIDTH, 3) and images.dtype == np.uint8
     np.testing.assert_array_equal(images, direct_images(paths[expected_index], labels))
     # The two versions are different models: the comparison above can tell them apart.
@@ -82,10 +82,10 @@ def test_registered_model_loads_and_matches_its_checkpoint(registered, uri, expe
 
 def test_checkpoint_path_loads_without_registry(registered):
     paths, _ = registered
-    loaded = load_model(str(paths[0]))
+    loaded = open_model(str(paths[0]))
     assert loaded.version is None and loaded.uri == str(paths[0])
     labels = label_maps(seed=8)
-    np.testing.assert_array_equal(generate_images(loaded.model, labels), direct_images(paths[0], labels))
+    np.testing.assert_array_equal(generate_images(loaded.build(), labels), direct_images(paths[0], labels))
 
 
 def test_pyfunc_predict_matches_the_checkpoint(registered):
@@ -97,10 +97,10 @@ def test_pyfunc_predict_matches_the_checkpoint(registered):
 
 def test_runs_uri_loads_the_logged_model(registered):
     version = MlflowClient().get_model_version("crn-registry-test", "1")
-    loaded = load_model(f"runs:/{version.run_id}/model")
+    loaded = open_model(f"runs:/{version.run_id}/model")
     paths, _ = registered
     labels = label_maps(seed=10, count=1)
-    np.testing.assert_array_equal(generate_images(loaded.model, labels), direct_images(paths[0], labels))
+    np.testing.assert_array_equal(generate_images(loaded.build(), labels), direct_images(paths[0], labels))
 
 
 def test_checkpoint_on_s3_loads(registered, s3_endpoint):
@@ -108,10 +108,10 @@ def test_checkpoint_on_s3_loads(registered, s3_endpoint):
 
     paths, _ = registered
     boto3.client("s3", endpoint_url=s3_endpoint).upload_file(str(paths[1]), "test-bucket", "models/seed2.pt")
-    loaded = load_model("s3://test-bucket/models/seed2.pt")
+    loaded = open_model("s3://test-bucket/models/seed2.pt")
     assert loaded.uri == "s3://test-bucket/models/seed2.pt" and loaded.version is None
     labels = label_maps(seed=11, count=2)
-    np.testing.assert_array_equal(generate_images(loaded.model, labels), direct_images(paths[1], labels))
+    np.testing.assert_array_equal(generate_images(loaded.build(), labels), direct_images(paths[1], labels))
 
 
 @pytest.mark.parametrize("uri, message", [
@@ -122,7 +122,7 @@ def test_checkpoint_on_s3_loads(registered, s3_endpoint):
 ])
 def test_bad_model_uris_give_one_line_errors(registered, uri, message):
     with pytest.raises(UserError) as info:
-        load_model(uri)
+        open_model(uri)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 

@@ -32,7 +32,7 @@ from synth_models import make_test_checkpoint
 
 from crn.checkpoint import load_checkpoint
 from pipeline.fs import filesystem_for, read_bytes
-from pipeline.registry.models import load_model
+from pipeline.registry.models import open_model
 from pipeline.synthesis.config import parse_synthesize_config
 from pipeline.synthesis.job import run as run_synthesis
 from pipeline.training import job as train
@@ -134,8 +134,8 @@ def test_training_survives_the_loss_of_a_node(s3_store, ray_session, tmp_path):
     ours = final_checkpoint(result["run_id"])
 
     # The registered model is the final checkpoint's, and loads.
-    loaded = load_model(f"models:/crn-node-loss/{run.data.tags['crn.registered_version']}")
-    for key, value in loaded.model.state_dict().items():
+    loaded = open_model(f"models:/crn-node-loss/{run.data.tags['crn.registered_version']}")
+    for key, value in loaded.build().state_dict().items():
         assert torch.equal(value, ours["model"][key]), key
 
     # An uninterrupted run of the same command on the session's one-node Ray (PACK).

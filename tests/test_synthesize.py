@@ -33,7 +33,7 @@ from pipeline.data.schema import load_schema
 from pipeline.data.store import decode_labels, label_column, open_store
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for
-from pipeline.registry.models import log_and_register
+from pipeline.registry.models import log_and_register, open_model
 from pipeline.runtime import CPU_WORKER_MALLOC_ENV, entrypoint, setup_mlflow
 from pipeline.synthesis import job as synthesis_job
 from pipeline.synthesis.actor import SynthesisActor
@@ -178,7 +178,7 @@ def test_actor_handing_images_to_write_tasks_passes_its_forward_time_on(store, c
     table = open_store(store).read_table(SPLIT, RESOLUTION)
     labels = decode_labels(table.column(label_column(RESOLUTION)), RESOLUTION)[:3]
     # A CPU actor sets its process's torch thread count; this process is pytest's: keep its own.
-    actor = SynthesisActor(Path(checkpoint).read_bytes(), "cpu", False, BATCH_SIZE, torch.get_num_threads())
+    actor = SynthesisActor(open_model(str(checkpoint)), "cpu", False, BATCH_SIZE, torch.get_num_threads())
     batch = {"sample_id": np.asarray(["a", "b", "c"], dtype=object), "source": np.asarray(["a", "b", "c"], dtype=object),
              "reject": np.asarray(["", "", ""], dtype=object), "label": labels}
     began = time.perf_counter()

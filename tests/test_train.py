@@ -23,8 +23,8 @@ import pytest
 import ray.train
 import torch
 from faults import dying_once
-from worker_probes import recording_environment
 from mlflow.tracking import MlflowClient
+from worker_probes import recording_environment
 
 from crn.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from crn.config import CRNConfig
@@ -32,16 +32,15 @@ from crn.labels import one_hot
 from crn.losses import LAYER_WEIGHTS, CRNLoss, recalibrate
 from crn.model import CRN
 from crn.presets import make_config
-from crn.vgg import VGG19Features
+from crn.vgg import LAYER_NAMES, VGG19Features
 from jobs.train import main as train_main
 from pipeline.data.schema import load_schema
 from pipeline.data.store import decode_labels, decode_photos, label_column, open_store, photo_column
 from pipeline.records import git_commit
-from pipeline.registry.models import load_model
+from pipeline.registry.models import open_model
 from pipeline.runtime import CPU_WORKER_MALLOC_ENV, entrypoint
 from pipeline.training import job as train
 from pipeline.training.config import parse_train_config as config_from_argv
-from crn.vgg import LAYER_NAMES
 from pipeline.training.loop import CHECKPOINT_FILE, train_loop_per_worker
 from pipeline.training.order import epoch_permutation
 from pipeline.training.plan import make_plan
@@ -220,7 +219,7 @@ def test_a_stage_starts_from_the_earlier_one_and_trains_only_named_modules(tmp_p
 # ---------------------------------------------------------------- a short run: loss, recalibration, resume
 
 # batch 2 on the 8 training samples: 4 steps per epoch, 3 epochs. The VGG layer weights are
-# recalibrated after epoch 2 from that epoch's per-layer terms (spec 3.3).
+# recalibrated after epoch 2 from that epoch's per-layer terms (docs/recipe.md#recalibration).
 SHORT_SCHEDULE = ["--batch-size", "2", "--epochs", "3", "--checkpoint-every", "4", "--log-every", "2",
                   "--recalibrate-after-epoch", "2"]
 
@@ -318,13 +317,13 @@ def test_mlflow_holds_config_metrics_images_and_the_registered_candidate(short_r
     requirements = (logged / "requirements.txt").read_text()
     assert all(f"{package}==" in requirements for package in ("torch", "numpy", "mlflow", "cloudpickle"))
     assert (logged / "input_example.json").is_file() or (logged / "serving_input_example.json").is_file()
-    registered = load_model(f"models:/{name}@candidate")
+    registered = open_model(f"models:/{name}@candidate")
     direct = model_from_checkpoint(checkpoint_of(short_run))
     labels = torch.from_numpy(np.random.default_rng(3).integers(0, NUM_CLASSES, (2, 32, 64))).long()
     with torch.no_grad():
-        torch.testing.assert_close(registered.model(one_hot(labels, NUM_CLASSES)), direct(one_hot(labels, NUM_CLASSES)),
+        torch.testing.assert_close(registered.build()(one_hot(labels, NUM_CLASSES)), direct(one_hot(labels, NUM_CLASSES)),
                                    rtol=0, atol=0)
-    assert registered.checkpoint["step"] == 12
+    assert registered.description["step"] == 12
 
 
 def test_a_registered_model_seeds_the_next_stage(short_run, toy_store):
@@ -332,7 +331,7 @@ def test_a_registered_model_seeds_the_next_stage(short_run, toy_store):
     name = MlflowClient().get_run(short_run.run_id).data.params["model_name"]
     plan = make_plan(config_from_argv(["--store", str(toy_store), "--preset", "crn-tiny", "--num-outputs", "1",
                                              "--vgg-weights", "random", "--init-from", f"models:/{name}@candidate"]))
-    registered = load_model(f"models:/{name}@candidate").model.state_dict()
+    registered = open_model(f"models:/{name}@candidate").build().state_dict()
     assert {k.split(".")[1] for k in plan.init_weights} == {"4x8", "8x16", "16x32", "32x64"}
     for key, value in plan.init_weights.items():
         assert torch.equal(value, registered[key])
@@ -385,9 +384,9 @@ def test_progressive_runs_every_stage_from_the_one_below_and_resumes(toy_store, 
     assert [(s.preset, s.trained) for s in outcomes] == [("crn-chain-16p", False), ("crn-chain-32p", False),
                                                           ("crn-chain-64p", True)]
     assert [s.model_uri for s in outcomes[:2]] == [s.model_uri for s in first]
-    models = [load_model(s.model_uri) for s in outcomes]
-    assert [m.checkpoint["step"] for m in models] == [2, 2, 2]
-    stage_16, stage_32, stage_64 = (m.model.state_dict() for m in models)
+    models = [open_model(s.model_uri) for s in outcomes]
+    assert [m.description["step"] for m in models] == [2, 2, 2]
+    stage_16, stage_32, stage_64 = (m.build().state_dict() for m in models)
     client = MlflowClient()
     params = client.get_run(outcomes[1].run_id).data.params
     assert params["init_from"] == outcomes[0].model_uri and params["model.train_modules"] == "4x8,8x16,16x32,32x64,head"
@@ -408,8 +407,9 @@ def test_progressive_runs_every_stage_from_the_one_below_and_resumes(toy_store, 
 @pytest.fixture(scope="module")
 def gta5_store(tmp_path_factory, ray_session):
     """Two toy scenes at 256x512 in the GTA5 layout (train/images, train/labels as colours)."""
-    from pipeline.data.preprocess import parse_preprocess_config, run
     from pipeline.data.toy import generate_toy_dataset
+    from pipeline.preprocessing.config import parse_preprocess_config
+    from pipeline.preprocessing.job import run
 
     root = tmp_path_factory.mktemp("gta5")
     generate_toy_dataset(root / "drawn", num_train=2, num_val=0, seed=5, size=(256, 512))
@@ -426,7 +426,7 @@ def gta5_store(tmp_path_factory, ray_session):
 
 
 def test_a_gta5_store_gets_the_gta5_row(gta5_store, capsys):
-    """crn-spec.md 3.2: GTA_Diversity_256p.py's own row, picked from the store's source format.
+    """docs/recipe.md#the-recipe-table: GTA_Diversity_256p.py's own row, picked from the store's source format.
     With random (torchvision-layout) VGG weights it is not the starting row: the plan says so."""
     assert open_store(gta5_store).manifest["source"]["format"] == "gta5"
     plan = make_plan(config_from_argv(["--store", str(gta5_store), "--preset", "crn-256p", "--vgg-weights", "random"]))

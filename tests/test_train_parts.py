@@ -25,12 +25,12 @@ from crn.vgg import VGG19Features
 from pipeline.data.schema import load_schema
 from pipeline.errors import UserError
 from pipeline.options import build_parser, from_dict, to_dict
+from pipeline.trainer import average_over_ranks, progress_line
 from pipeline.training import stages as train_stages
 from pipeline.training.config import TrainConfig, resolve
 from pipeline.training.config import parse_train_config as config_from_argv
 from pipeline.training.loop import prefetched, train_step
 from pipeline.training.recipe import layer_weights_choice, recipe_for, recipe_table, stage_chain
-from pipeline.training.tracking import average_over_ranks, progress_line
 from pipeline.visualize import colorize, image_grid, schema_palette
 
 L = 20
@@ -64,7 +64,7 @@ def test_resolve_fills_recipe_defaults_and_a_stable_run_name(tmp_path):
 
 
 def test_the_recipe_table_picks_rows_by_preset_and_data_set(tmp_path):
-    """crn-spec.md 3.2 and 4: GTA5 has its own 256p row; 512p and 1024p start from the stage below."""
+    """docs/recipe.md#the-recipe-table: GTA5 has its own 256p row; 512p and 1024p start from the stage below."""
     argv = ["--store", str(tmp_path), "--preset", "crn-256p"]
     assert resolve(config_from_argv(argv), "gta5", "caffe").loss_weights == "gta5-256p"
     assert resolve(config_from_argv(argv), "cityscapes", "caffe").loss_weights == "cityscapes-256p"
@@ -87,7 +87,7 @@ def test_the_recipe_table_picks_rows_by_preset_and_data_set(tmp_path):
 
 
 def test_default_layer_weights_follow_the_loss_networks_input_convention(tmp_path):
-    """crn-spec.md 3.3: the published rows belong to the MatConvNet network ("caffe" input);
+    """docs/recipe.md#layer-weight-rows: the published rows belong to the MatConvNet network ("caffe" input);
     torchvision-layout or random weights start uncalibrated and recalibrate after epoch 1.
     A row the user names is kept; an explicit --recalibrate-after-epoch wins."""
     argv = ["--store", str(tmp_path), "--preset", "crn-256p"]
@@ -156,7 +156,7 @@ def test_earlier_stage_gives_shared_modules_but_never_the_head():
 
 
 def test_the_papers_stages_by_parameter_count_and_shape():
-    """crn-spec.md 4 on the full presets, on the meta device (never trained here): 512p takes
+    """docs/recipe.md#progressive-stages on the full presets, on the meta device (never trained here): 512p takes
     over all seven 256p modules but not the head; 1024p from 512p trains only M_7, M_8 and
     the head: 760,832 + 51,968 + 99 = 812,899 of its 98,674,531 parameters."""
     with torch.device("meta"):
@@ -291,7 +291,7 @@ def test_ray_train_report_log_is_quieted():
 
     import ray.train
 
-    from pipeline.training.loop import quiet_report_log
+    from pipeline.trainer import quiet_report_log
 
     path = Path(ray.train.__file__).parent / "v2" / "_internal" / "execution" / "context.py"
     assert path.exists()

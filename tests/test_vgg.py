@@ -92,7 +92,7 @@ def torchvision_reference(state: dict, rgb: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("form", ["features", "full"])
 def test_torchvision_weights_see_torchvisions_normalisation(form, weight_files, torchvision_features_state):
-    """crn-spec.md 3: with torchvision-layout weights, layers 1..5 are torchvision's own
+    """docs/recipe.md#loss-network-weights: with torchvision-layout weights, layers 1..5 are torchvision's own
     features of the normalised image; layer 0 is the image minus the mean on 0..255."""
     vgg = VGG19Features(str(weight_files[form]))
     assert vgg.input_convention == "torchvision" == input_convention_for(str(weight_files[form]))

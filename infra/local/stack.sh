@@ -14,7 +14,7 @@
 # RAY_START_ARGS for other `ray start` options. Ray's other ports (client server, dashboard
 # agent, runtime-env agent, metrics exporter) are picked free at start, so another Ray
 # instance on the machine cannot make job submission fail. Every service is told to listen
-# on 127.0.0.1 (README: "What listens").
+# on 127.0.0.1 (docs/services.md#local-stack).
 #
 # What survives a stop: the MLflow database and its artifacts (both in the stack's folder),
 # so registered models stay loadable. What does not: moto keeps S3 objects in memory, so
@@ -35,8 +35,17 @@ BUCKET="${BUCKET:-crn}"
 RAY_START_ARGS="${RAY_START_ARGS:-}"
 # Ray gets more logical CPUs than cores so training workers cannot starve Ray Data.
 RAY_CPUS="${RAY_CPUS:-$(( $(nproc) * 2 > 4 ? $(nproc) * 2 : 4 ))}"
+# One MLflow web worker serves one person's jobs (its requests run on threads); mlflow's
+# default of 4 processes, each importing the server, more than doubled the start on 2 cores.
+MLFLOW_WORKERS="${MLFLOW_WORKERS:-1}"
 
 export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+# MLflow's server-side jobs (GenAI judges, trace roll-ups) are not used here; left on, the
+# server starts seven more Python processes (huey consumers) beside its own.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+# On SIGTERM a Ray 2.60 node first drains (up to 30 s) so that Ray Serve can move its
+# replicas; this head has none to move, and `stop` would wait out the drain.
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
 # Ray turns a node address of 127.0.0.1 into the host's address (so that other nodes could
 # join) and binds its GCS, raylet and agents there, the metrics exporter on every interface.
 # This stack is one machine: this switch (meant for laptops) keeps the node on loopback, so
@@ -79,32 +88,30 @@ ray_jobs_run() {  # a job goes through the path every submit takes (job server -
 
 wait_for() {  # wait_for <what> <command...>: retry for up to STACK_WAIT seconds (a loaded machine is slow)
   local what="$1"; shift
-  for _ in $(seq 1 $(( ${STACK_WAIT:-300} * 2 ))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
-  echo "error: $what did not come up (logs in $STATE)" >&2; return 1
+  local deadline=$(( SECONDS + ${STACK_WAIT:-300} ))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "error: $what did not come up (logs in $STATE)" >&2; return 1; }
+    sleep 0.1
+  done
 }
 
 start() {
   mkdir -p "$STATE"
+  ray_token >/dev/null  # made before the head starts
+  # The three services start side by side (each spends seconds importing Python), then
+  # each is waited for: none needs another to start.
   echo "S3 (moto server) on $S3_ENDPOINT"
   nohup "$VENV_BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STATE/s3.log" 2>&1 &
   echo $! >"$STATE/s3.pid"
-  wait_for "S3" curl -sf "$S3_ENDPOINT/"
-  "$VENV_BIN/python" - "$S3_ENDPOINT" "$BUCKET" <<'PY'
-import sys, boto3
-s3 = boto3.client("s3", endpoint_url=sys.argv[1])
-if sys.argv[2] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-    s3.create_bucket(Bucket=sys.argv[2])
-PY
 
   # The artifacts live beside the database: a restart keeps both, so no registered version
   # points at artifacts that are gone (moto's S3 would forget them).
   echo "MLflow on http://127.0.0.1:$MLFLOW_PORT (artifacts in $STATE/mlartifacts)"
   nohup "$VENV_BIN/mlflow" server \
-    --host 127.0.0.1 --port "$MLFLOW_PORT" \
+    --host 127.0.0.1 --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS" \
     --backend-store-uri "sqlite:///$STATE/mlflow.db" \
     --artifacts-destination "$STATE/mlartifacts" >"$STATE/mlflow.log" 2>&1 &
   echo $! >"$STATE/mlflow.pid"
-  wait_for "MLflow" curl -sf "http://127.0.0.1:$MLFLOW_PORT/health"
 
   echo "Ray head on 127.0.0.1:$RAY_PORT, job server on http://127.0.0.1:$DASHBOARD_PORT"
   read -r client_port agent_http agent_grpc runtime_env_port metrics_port <<<"$(free_ports 5)"
@@ -120,13 +127,25 @@ PY
   # --block keeps one process that owns this head's processes: stopping it stops exactly
   # them (a plain `ray stop` would end every Ray instance on the machine, tests' included).
   echo $! >"$STATE/ray.pid"
-  # Any HTTP answer (401 without the token) means the server is up; then check the token.
+
+  wait_for "S3" curl -sf "$S3_ENDPOINT/"
+  "$VENV_BIN/python" - "$S3_ENDPOINT" "$BUCKET" <<'PY'
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1])
+if sys.argv[2] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+    s3.create_bucket(Bucket=sys.argv[2])
+PY
+  wait_for "MLflow" curl -sf "http://127.0.0.1:$MLFLOW_PORT/health"
+  # Any HTTP answer (401 without the token) means the server is up.
   wait_for "Ray job server" curl -s -o /dev/null "http://127.0.0.1:$DASHBOARD_PORT/api/version"
-  ray_jobs_answer >"$STATE/ray-check.log" 2>&1 \
-    || { echo "error: the Ray job server refuses our token (see $STATE/ray-check.log)" >&2; return 1; }
   # "Ready" means a job runs: the job server alone can answer while its agent cannot start.
-  ray_jobs_run >"$STATE/ray-check.log" 2>&1 \
-    || { echo "error: the Ray head takes no job (see $STATE/ray-check.log and $STATE/ray.log)" >&2; return 1; }
+  # A job that runs shows that the server takes our token too; if none runs, say which failed.
+  if ! ray_jobs_run >"$STATE/ray-check.log" 2>&1; then
+    if ! ray_jobs_answer >>"$STATE/ray-check.log" 2>&1; then
+      echo "error: the Ray job server refuses our token (see $STATE/ray-check.log)" >&2; return 1
+    fi
+    echo "error: the Ray head takes no job (see $STATE/ray-check.log and $STATE/ray.log)" >&2; return 1
+  fi
 
   cat >"$STATE/env.sh" <<ENV
 # Written by infra/local/stack.sh: source it to use the local stack.
@@ -147,15 +166,21 @@ ENV
 }
 
 stop() {
+  # Every service is told to stop, then each is waited for: their shutdowns overlap.
+  local pids=() pid
   for svc in ray mlflow s3; do
     if [ -f "$STATE/$svc.pid" ]; then
       pid=$(cat "$STATE/$svc.pid")
       # mlflow server runs its web server as a child process: end that too.
       [ "$svc" = mlflow ] && { pkill -TERM -P "$pid" 2>/dev/null || true; }
       kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      pids+=("$pid")
       rm -f "$STATE/$svc.pid"
     fi
+  done
+  local deadline=$(( SECONDS + 30 ))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
   done
   echo "stopped; kept in $STATE: the MLflow database and artifacts, the Ray token"
   echo "lost: the S3 bucket's objects (moto keeps them in memory: s3://$BUCKET is empty after the next start)"

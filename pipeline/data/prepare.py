@@ -17,7 +17,7 @@ Downsampling, always from the (cropped) source image, never from another resolut
 - Labels: nearest neighbour by pixel centres. Output pixel (i, j) of an h x w map takes the
   source pixel (floor((2i+1) H / 2h), floor((2j+1) W / 2w)), the one under its centre
   (the same pixel Pillow's NEAREST picks). Nearest, not majority, because that is what the
-  authors did (crn-spec.md section 2), it never invents a class, and the network makes
+  authors did (docs/model.md#input-labels), it never invents a class, and the network makes
   its own soft, area-averaged labels for its coarse levels from the top resolution.
 - Photos: Pillow's `Image.resize(..., BICUBIC, reducing_gap=None)`. Pillow widens the
   bicubic kernel by the reduction factor, so this is bicubic with antialiasing, like the

@@ -1,8 +1,8 @@
 """Label schemas: which source label ids or colours mean which class, and which class is void.
 
 A schema is a small JSON document that travels with the store and with every model trained
-on it (design.md, "Contracts"). It lists the trainable classes in index order and, apart,
-the void class, which always takes the last index (docs/contracts.md):
+on it (docs/design.md#label-maps-and-schemas). It lists the trainable classes in index order and, apart,
+the void class, which always takes the last index (docs/design.md#label-maps-and-schemas):
 
     {"format": "crn-label-schema/1", "name": "cityscapes",
      "classes": [{"name": "road", "ids": [7], "colors": [[128, 64, 128]]}, ...],
@@ -116,8 +116,17 @@ class LabelSchema:
 
     @property
     def num_classes(self) -> int:
-        """Class count including void (the model's L)."""
+        """Class count including void: the label channels L a generator takes (crn's num_classes)."""
         return len(self.classes) + 1
+
+    @property
+    def num_scored_classes(self) -> int:
+        """Class count without void: what a segmenter predicts and every score counts."""
+        return len(self.classes)
+
+    @property
+    def scored_class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
 
     @property
     def void_index(self) -> int:

@@ -5,7 +5,7 @@ Layout:
     <store>/manifest.json                           written last, atomically
     <store>/data/<key>/<split>/part-00000.parquet   one set of parts per split
 
-Columns (docs/contracts.md): `sample_id` (string), `split` (string), and for each resolution,
+Columns (docs/design.md#store-format): `sample_id` (string), `split` (string), and for each resolution,
 smallest first, `label_<H>x<W>` (binary: H*W uint8 class indices, C order) and
 `photo_<H>x<W>` (binary: H*W*3 uint8 RGB; null for label-only sources). Rows are sorted by
 sample id within a split, across the listed parts in order. Each resolution is its own
@@ -180,6 +180,29 @@ class Store:
     def files(self, split: str) -> list[str]:
         """The split's part files as paths inside `self.filesystem`, in row order."""
         return [join(self.root, part["path"]) for part in self._split(split)["files"]]
+
+    def sample_ids(self, split: str) -> list[str]:
+        """The split's sample ids, sorted (only the id column is read)."""
+        ids = []
+        for path in self.files(split):
+            try:
+                ids += pq.read_table(path, columns=["sample_id"], filesystem=self.filesystem).column("sample_id").to_pylist()
+            except OSError as exc:
+                raise StoreError(f"store {self.uri}: cannot read {path}: {first_line(exc)}") from None
+        return sorted(ids)
+
+    def head(self, split: str, resolution: str | Resolution, n: int) -> list[dict]:
+        """The first `n` rows of the split's first part, decoded (a few row groups' bytes, not the split)."""
+        text = self.resolution(resolution)
+        files = self.files(split)
+        if not files:
+            return []
+        with self.filesystem.open_input_file(files[0]) as handle:
+            first = next(pq.ParquetFile(handle).iter_batches(batch_size=n, columns=self.columns(text)), None)
+        if first is None:
+            return []
+        batch = decode_batch(pa.Table.from_batches([first]), text, self.has_photos)
+        return [{name: column[i] for name, column in batch.items()} for i in range(len(batch["sample_id"]))]
 
     def resolution(self, resolution: str | Resolution) -> str:
         """Normalise "64x128" / (64, 128) and check the store holds it."""

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from crn.resolution import parse_resolutions
 from pipeline.data.cityscapes import LABEL_BY_NAME, LABELS
 from pipeline.options import from_argv, non_negative, option
 from pipeline.runtime import entrypoint
@@ -289,17 +290,18 @@ def _scene_size(text: str) -> str:
 def make_toy_store(store: str | Path, source: str | Path, *, num_train: int, num_val: int,
                    size: tuple[int, int], resolutions: str, splits: str = "", seed: int = 0) -> Path:
     """The toy data set at `source` (drawn unless already there) preprocessed into `store`
-    by the real job (pipeline.data.preprocess, on the running or a new local Ray instance).
+    by the real job (pipeline.preprocessing.job, on the running or a new local Ray instance).
 
     The one toy-store builder of the tests, the benchmarks and the demo. Returns `store`.
     """
-    from pipeline.data.preprocess import parse_preprocess_config, run
+    from pipeline.preprocessing.config import PreprocessConfig
+    from pipeline.preprocessing.job import run
 
     source, store = Path(source), Path(store)
     if not (source / "leftImg8bit").exists():
         generate_toy_dataset(source, num_train=num_train, num_val=num_val, seed=seed, size=size)
-    argv = ["--source", str(source), "--out", str(store), "--resolutions", resolutions]
-    run(parse_preprocess_config(argv + (["--splits", splits] if splits else [])))
+    run(PreprocessConfig(source=str(source), out=str(store), resolutions=parse_resolutions(resolutions),
+                         splits=[s.strip() for s in splits.split(",") if s.strip()]))
     return store
 
 

@@ -21,7 +21,7 @@ space as the authors'. Two small differences remain: the authors resized in floa
 and tone-mapped that, we tone-map the stored 8-bit photo; and ICC's D50 white
 (0.9642, 1, 0.8249) differs from skimage's in the fourth decimal.
 
-Cost: two sparse solves of H*W unknowns dominate (README, "Vivid targets", for the time per
+Cost: two sparse solves of H*W unknowns dominate (docs/recipe.md#vivid-targets, for the time per
 512x1024 image).
 """
 from __future__ import annotations

@@ -4,12 +4,23 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
+from pipeline.data.store import VAL_SPLIT
 from pipeline.fs import absolute
-from pipeline.options import at_least, from_argv, non_negative, option
-from pipeline.synthesis.config import model_uri
+from pipeline.options import (
+    AUTO,
+    at_least,
+    batch_size_option,
+    dry_run_option,
+    experiment_option,
+    from_argv,
+    non_negative,
+    option,
+    run_name_option,
+    store_option,
+)
+from pipeline.registry.uris import model_uri
 
 
 @dataclass
@@ -17,13 +28,13 @@ class EvaluateConfig:
     # --- what to evaluate, on what ---
     model: str = option(help="the CRN: models:/<name>/<version>, models:/<name>@<alias>, a registered name alone "
                              "(= its @champion), runs:/..., or a checkpoint file")
-    store: str = option(help="preprocessed store with photos (folder or s3://)")
+    store: str = store_option("preprocessed store with photos: a folder or s3://bucket/prefix")
     segmenter: str = option(help="segmenter: a TorchScript file (local or s3://) or a models:/ URI of one registered "
-                                 "by jobs/train_segmenter.py (pipeline.evaluation.segmenter has the contract)")
-    split: str = option("val", "store split whose label maps are synthesized and scored")
+                                 "by jobs/train_segmenter.py (docs/evaluation.md#segmenter-contract)")
+    split: str = option(VAL_SPLIT, "store split whose label maps are synthesized and scored")
     segmenter_classes: str = option("", "JSON file listing the segmenter's class names in output order, for a "
                                         "TorchScript file that does not carry classes.json")
-    fid_weights: str = option("auto", "FID Inception weights (torch-fidelity's pt_inception-2015-12-05-6726825d.pth): "
+    fid_weights: str = option(AUTO, "FID Inception weights (torch-fidelity's pt_inception-2015-12-05-6726825d.pth): "
                                       "a file, auto (<torch hub dir>/checkpoints/ if there), or none; never downloaded")
     synthesized: str = option("", "synthesis output folder (or s3://) to synthesize into, or to reuse when its "
                                   "job.json names the same weights; default: <work dir>/evaluations/<model>-<split>")
@@ -31,16 +42,16 @@ class EvaluateConfig:
     promote: bool = option(False, "make this version @champion if its mIoU beats the champion's under the same "
                                   "protocol (or there is no champion); the comparison is recorded on both versions")
     # --- compute ---
-    batch_size: int = option(8, "images per segmenter and Inception forward pass", check=at_least(1))
+    batch_size: int = batch_size_option(8, "images per segmenter and Inception forward pass")
     num_actors: int = option(1, "scoring actors (each holds the segmenter and the Inception network)",
                              check=at_least(1))
     threads_per_actor: int = option(0, "torch threads per scoring actor; 0 = this machine's cores / actors",
                                     check=non_negative)
     grid_samples: int = option(4, "rows of the photo | synthesized | segmentation grid logged to MLflow",
                                check=at_least(1))
-    experiment: str = option("crn-evaluate", "MLflow experiment name (the synthesis it runs logs there too)")
-    run_name: str = option("", "MLflow run name (default: MLflow's)")
-    dry_run: bool = option(False, "print the resolved plan (protocol included) and exit")
+    experiment: str = experiment_option("crn-evaluate", "MLflow experiment name (the synthesis it runs logs there too)")
+    run_name: str = run_name_option()
+    dry_run: bool = dry_run_option("the resolved plan (protocol included)")
 
 
 def parse_evaluate_config(argv: Sequence[str] | None) -> EvaluateConfig:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 from typing import Iterable
 
 PROTOCOL_FORMAT = "crn-evaluation-protocol/1"
@@ -43,10 +42,3 @@ def sample_ids_digest(sample_ids: Iterable[str]) -> str:
     """sha256 of the sorted ids, one per line: the same set in any order gives the same digest."""
     return hashlib.sha256("\n".join(sorted(sample_ids)).encode()).hexdigest()
 
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

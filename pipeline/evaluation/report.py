@@ -1,8 +1,8 @@
-"""The evaluation's picture: photo | synthesized | its segmentation | label map, one row per sample.
+"""What the evaluation shows a person: a grid of pictures and the scores in a few lines.
 
-A reader sees at once what the scores mean: the segmenter's reading of a synthesized image
-(third column) against the label map the image was made from (fourth), in the schema's
-colours, next to the real photo and the image itself (variant 0).
+The grid has one row per sample: photo | synthesized (variant 0) | the segmenter's reading of
+it | the label map it was made from. A reader sees at once what the scores mean: the third
+column against the fourth, in the schema's colours, next to the real photo and the image.
 """
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.data.store import decode_labels, decode_photos, label_column, photo_column
-from pipeline.evaluation.segmenter import Segmenter
+from pipeline.evaluation.metrics import MetricResult
+from pipeline.evaluation.records import format_metrics
 from pipeline.fs import filesystem_for, join, read_bytes
+from pipeline.segmenter.file import Segmenter
 from pipeline.synthesis.outputs import decode_png, image_path
-from pipeline.visualize import GAP, colorize, png_bytes, schema_palette
+from pipeline.visualize import colorize, png_bytes, schema_palette, tile_rows
 
 
 def grid_png(plan, sample_ids: list[str]) -> bytes:
-    """PNG of the grid for `sample_ids` of the plan's split (pipeline.evaluation.job.EvaluationPlan)."""
-    resolution = plan.resolution
+    """PNG of the grid for `sample_ids` of the plan's split (pipeline.evaluation.plan.EvaluationPlan)."""
+    resolution, schema = plan.resolution, plan.model.schema
     table = plan.store.read_table(plan.config.split, resolution)
     table = table.filter(pc.is_in(table.column("sample_id"), value_set=pa.array(sample_ids)))
     ids = table.column("sample_id").to_pylist()
@@ -27,20 +29,19 @@ def grid_png(plan, sample_ids: list[str]) -> bytes:
     photos = decode_photos(table.column(photo_column(resolution)), resolution)
     fs, root = filesystem_for(plan.synthesized)
     synthesized = np.stack([decode_png(read_bytes(fs, join(root, image_path(s, 0)))) for s in ids])
-    predicted = Segmenter(plan.segmenter.data, plan.schema.void_index).predict(synthesized)
-    palette = schema_palette(plan.schema)
+    predicted = Segmenter(plan.segmenter.data, plan.metric_settings.num_scored_classes).predict(synthesized)
+    palette = schema_palette(schema)
     rows = [[photos[i], synthesized[i], colorize(predicted[i], palette), colorize(labels[i], palette)]
             for i in np.argsort(ids)]
-    return png_bytes(tile(rows))
+    return png_bytes(tile_rows(rows))
 
 
-def tile(rows: list[list[np.ndarray]]) -> np.ndarray:
-    """Equal-sized RGB tiles into one picture with white gaps."""
-    height, width = rows[0][0].shape[:2]
-    columns = len(rows[0])
-    grid = np.full((len(rows) * (height + GAP) - GAP, columns * (width + GAP) - GAP, 3), 255, dtype=np.uint8)
-    for r, row in enumerate(rows):
-        for c, picture in enumerate(row):
-            top, left = r * (height + GAP), c * (width + GAP)
-            grid[top:top + height, left:left + width] = picture
-    return grid
+def summary_text(plan, result: MetricResult, run_id: str, decision) -> str:
+    """What the job prints at its end: what was scored, every metric, the run, the gate's word."""
+    lines = [f"evaluated {plan.model.pinned_uri} on {plan.config.split} ({len(plan.sample_ids)} samples x "
+             f"{plan.model.config.num_outputs} variants, {plan.resolution}), protocol {plan.protocol.id}:",
+             f"  {format_metrics(result.values, result.notes)}",
+             f"  MLflow run {run_id}"]
+    if decision is not None:
+        lines.append(f"  gate: {decision.reason}")
+    return "\n".join(lines)

@@ -11,7 +11,6 @@ that `jobs/synthesize.py --model models:/<name>@<alias>` runs the authors' model
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +24,8 @@ from crn.presets import PRESETS, make_config
 from crn.tf_checkpoint import TFCheckpointError, checkpoint_prefix, read_tf_checkpoint, tf_checkpoint_names
 from pipeline.data.schema import load_schema
 from pipeline.errors import UserError
-from pipeline.options import from_argv, option, to_dict
+from pipeline.fs import file_sha256
+from pipeline.options import dry_run_option, from_argv, option, to_dict
 from pipeline.runtime import setup_mlflow, work_dir
 from pipeline.training.recipe import recipe_for
 
@@ -46,7 +46,7 @@ class ImportConfig:
     register: bool = option(False, "log the checkpoint as an MLflow model and register it")
     model_name: str = option("", "registered model name; default: crn-authors-<dataset>-<HxW>")
     alias: str = option("candidate", "alias set on the registered version")
-    dry_run: bool = option(False, "print the resolved config and exit")
+    dry_run: bool = dry_run_option()
 
 
 @dataclass
@@ -94,7 +94,7 @@ def run(config: ImportConfig) -> ImportOutcome:
     model_name = config.model_name or f"crn-authors-{config.dataset}-{resolution}"
     out = Path(config.out) if config.out else work_dir() / "imported" / f"{model_name}.pt"
     sources = source_files(prefix)
-    sha256 = {path.name: file_sha256(path) for path in sources}
+    sha256 = {path.name: "sha256:" + file_sha256(path) for path in sources}
     loss_row = recipe_for(preset, config.dataset).loss_weights if preset else "uncalibrated"
     ckpt = make_checkpoint(
         model, optimizer=None, step=0, epoch=0, loss_weights=LAYER_WEIGHTS[loss_row], label_schema=schema.to_dict(),
@@ -133,14 +133,6 @@ def check_preset(source: str, found: CRNConfig, preset: str) -> None:
 def source_files(prefix: Path) -> list[Path]:
     """The index file and every data shard of the checkpoint (all exist: it was just read)."""
     return [Path(f"{prefix}.index"), *sorted(prefix.parent.glob(f"{prefix.name}.data-*-of-*"))]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def register(checkpoint: Path, model_name: str, config: ImportConfig, sha256: dict[str, str]) -> str:

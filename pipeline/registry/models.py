@@ -1,14 +1,14 @@
-"""Trained CRNs in the MLflow model registry: log and register them, and load them back.
+"""Generators in the MLflow model registry: open them (the one way every stage does), log and register them.
 
 A registered CRN is an `mlflow.pyfunc` model that carries the crn checkpoint file itself
 (`artifacts/crn_checkpoint.pt`, the self-describing dict of crn.checkpoint) plus a small
 `PythonModel` wrapper. Anything that speaks MLflow can call it
 (`mlflow.pyfunc.load_model(uri).predict(uint8 [B,H,W]) -> uint8 [B,K,H,W,3]`), while the
-pipeline skips the wrapper and rebuilds the model straight from the checkpoint
-(`load_model(uri)`), which needs nothing but torch and this repository.
+pipeline skips the wrapper and opens the checkpoint itself (`open_model(uri)`, the one way
+every stage opens a model), which needs nothing but torch and this repository.
 
 Why not `mlflow.pytorch.log_model`: its default format (torch.export, "pt2") needs an input
-example and fixes the spatial size (stack-notes.md); the checkpoint already rebuilds the
+example and fixes the spatial size (docs/stack-facts.md#mlflow-models); the checkpoint already rebuilds the
 model exactly, with `torch.load(weights_only=True)` and no pickled code.
 
 Resolving a registry or run URI first points MLflow at the project's tracking store
@@ -16,17 +16,18 @@ Resolving a registry or run URI first points MLflow at the project's tracking st
 file), so a model URI resolves the same before and after a job sets MLflow up, and nothing
 lands in the folder a job starts from.
 
-URIs accepted by `load_model`:
+URIs accepted by `open_model`:
   models:/<name>@<alias>     the alias is resolved to a version once, and that version loaded
   models:/<name>/<version>   a fixed version
   runs:/<run_id>/<path>      a logged model, or a checkpoint file logged as an artifact
   <path> or s3://...         a checkpoint file (S3 through pipeline.fs, so AWS_ENDPOINT_URL counts)
+  <name>                     a registered model name alone: models:/<name>@champion
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,10 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from crn.checkpoint import load_checkpoint, model_from_checkpoint
-from crn.model import CRN
+from crn.checkpoint import generator_name, load_checkpoint, model_from_checkpoint
+from crn.generators import Generator, generator_named
+from pipeline.data.schema import LabelSchema
 from pipeline.errors import UserError, first_line
+from pipeline.fs import filesystem_for, is_local, read_bytes
 from pipeline.registry.pyfunc import CHECKPOINT_KEY, CRNPythonModel
+from pipeline.registry.uris import ALIAS_URI, VERSION_URI, model_uri
 from pipeline.runtime import REPO_ROOT, use_tracking_store
 
 # The name the checkpoint file gets inside a logged model; `artifacts/<this>` in its folder.
@@ -46,18 +50,59 @@ CHECKPOINT_ARTIFACT = "crn_checkpoint.pt"
 # The checkpoint entries that hold tensors of weights or optimizer state.
 WEIGHT_KEYS = ("model", "optimizer")
 
-_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
-_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+def without_weights(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's description (config, schema, step, ...) without its tensors of weights."""
+    return {key: value for key, value in ckpt.items() if key not in WEIGHT_KEYS}
 
 
-@dataclasses.dataclass
-class LoadedModel:
-    """A CRN ready to run, and where it came from."""
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """A generator as every stage gets it: its checkpoint's bytes, what they hold, and exactly
+    which registered version they are. Opened once (`open_model`) and handed on, so two stages
+    of one job (an evaluation and the synthesis it runs) always use the same version, even if
+    an alias moves meanwhile."""
 
-    model: CRN  # eval mode, on the CPU
-    checkpoint: dict[str, Any]  # the checkpoint without its weights (config, schema, step, ...)
     uri: str  # what the user asked for, verbatim
-    version: str | None  # the registry version (resolved from an alias); None outside the registry
+    name: str | None  # the registered model's name; None outside the registry
+    version: str | None  # the registry version (an alias resolved once); None outside the registry
+    sha256: str  # of the checkpoint file: the weights' identity
+    checkpoint_bytes: bytes = dataclasses.field(repr=False)
+    description: dict[str, Any] = dataclasses.field(repr=False)  # the checkpoint without its weights
+    generator: Generator = dataclasses.field(repr=False)
+    config: Any = dataclasses.field(repr=False)  # the generator's config (crn.generators)
+    schema: LabelSchema = dataclasses.field(repr=False)
+
+    @property
+    def pinned_uri(self) -> str:
+        """`models:/<name>/<version>` for a registered model (never an alias), else the URI as given."""
+        return f"models:/{self.name}/{self.version}" if self.name and self.version else self.uri
+
+    def build(self) -> torch.nn.Module:
+        """The network with its weights, in eval mode, on the CPU."""
+        return model_from_checkpoint(load_checkpoint(self.checkpoint_bytes), self.generator)
+
+
+def open_model(uri_or_path: str) -> ModelRef:
+    """Find, download and check a generator (see the module docstring for the URIs); one-line
+    errors. The one way every stage opens a model."""
+    resolved = resolve_checkpoint(model_uri(uri_or_path))
+    try:
+        data = resolved.path.read_bytes()
+    finally:
+        resolved.cleanup()
+    try:
+        ckpt = load_checkpoint(data, name=uri_or_path)
+        generator = generator_named(generator_name(ckpt))
+        # Built once here, so that a checkpoint that does not fit its own config fails now, in
+        # one line, rather than in every worker that builds it later.
+        config = model_from_checkpoint(ckpt).config
+        schema = LabelSchema.from_dict(ckpt["label_schema"], where=f"model {uri_or_path}")
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise UserError(f"model {uri_or_path}: {first_line(exc)}") from None
+    return ModelRef(uri=uri_or_path, name=resolved.name, version=resolved.version,
+                    sha256=hashlib.sha256(data).hexdigest(), checkpoint_bytes=data, description=without_weights(ckpt),
+                    generator=generator, config=config, schema=schema)
 
 
 @dataclasses.dataclass
@@ -91,40 +136,35 @@ def log_and_register(checkpoint_path: str | os.PathLike, model_name: str, alias:
 
     if mlflow.active_run() is None:
         raise UserError("log_and_register needs an active MLflow run (call it inside mlflow.start_run())")
-    resolved = resolve_checkpoint(str(checkpoint_path))
-    try:
-        ckpt = load_checkpoint(resolved.path)
-        config = model_from_checkpoint(ckpt).config
-        height, width = config.top_resolution
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, height, width))]),
-            outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, config.num_outputs, height, width, 3))]),
+    model = open_model(str(checkpoint_path))
+    config, ckpt = model.config, model.description
+    height, width = config.top_resolution
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, height, width))]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, config.num_outputs, height, width, 3))]),
+    )
+    with tempfile.TemporaryDirectory(prefix="crn-register-") as staging:
+        # A fixed artifact name lets open_model find the file without guessing.
+        staged = Path(staging) / CHECKPOINT_ARTIFACT
+        staged.write_bytes(model.checkpoint_bytes)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=CRNPythonModel(),
+            artifacts={CHECKPOINT_KEY: str(staged)},
+            # The wrapper's code travels with the model, so it loads outside this repo too.
+            code_paths=[str(REPO_ROOT / "crn"), str(REPO_ROOT / "pipeline")],
+            # Listed explicitly: inferring them would load the model in a subprocess.
+            pip_requirements=pyfunc_requirements(),
+            signature=signature,
+            input_example=np.full((1, height, width), config.num_classes - 1, np.uint8),
+            registered_model_name=model_name,
+            tags={"crn.schema": model.schema.name, "crn.generator": model.generator.name},
         )
-        with tempfile.TemporaryDirectory(prefix="crn-register-") as staging:
-            # A fixed artifact name lets load_model find the file without guessing.
-            staged = Path(staging) / CHECKPOINT_ARTIFACT
-            shutil.copyfile(resolved.path, staged)
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=CRNPythonModel(),
-                artifacts={CHECKPOINT_KEY: str(staged)},
-                # The wrapper's code travels with the model, so it loads outside this repo too.
-                code_paths=[str(REPO_ROOT / "crn"), str(REPO_ROOT / "pipeline")],
-                # Listed explicitly: inferring them would load the model in a subprocess.
-                pip_requirements=pyfunc_requirements(),
-                signature=signature,
-                input_example=np.full((1, height, width), config.num_classes - 1, np.uint8),
-                registered_model_name=model_name,
-                tags={"crn.schema": ckpt.get("label_schema", {}).get("name", "")},
-            )
-    finally:
-        resolved.cleanup()
     version = str(info.registered_model_version)
     client = MlflowClient()
     client.set_registered_model_alias(model_name, alias, version)
-    schema_name = ckpt.get("label_schema", {}).get("name", "")
     client.update_registered_model(model_name, description=(
-        f"Cascaded Refinement Network: {schema_name} label maps of {height}x{width} (uint8 class indices) in, "
+        f"Generator ({model.generator.name}): {model.schema.name} label maps of {height}x{width} (uint8 class indices) in, "
         f"{config.num_outputs} photograph(s) per map out (uint8 RGB)."))
     client.update_model_version(model_name, version, description=description or (
         f"step {ckpt.get('step')}, epoch {ckpt.get('epoch')}, from run {mlflow.active_run().info.run_id}"))
@@ -147,7 +187,7 @@ def resolve_checkpoint(uri_or_path: str, artifact_key: str = CHECKPOINT_KEY) -> 
     """
     if uri_or_path.startswith("s3://"):
         return _download_s3_checkpoint(uri_or_path)
-    if "://" not in uri_or_path and not uri_or_path.startswith(("models:/", "runs:/")):
+    if is_local(uri_or_path):
         path = Path(uri_or_path).expanduser()
         if not path.is_file():
             raise UserError(f"model checkpoint {uri_or_path}: no such file")
@@ -156,11 +196,11 @@ def resolve_checkpoint(uri_or_path: str, artifact_key: str = CHECKPOINT_KEY) -> 
     use_tracking_store()
     version = None
     download_uri = uri_or_path
-    if match := _ALIAS_URI.match(uri_or_path):
+    if match := ALIAS_URI.match(uri_or_path):
         # Resolve the alias once, so that moving it while a job runs changes nothing.
         version = _registry_call(uri_or_path, "get_model_version_by_alias", match["name"], match["alias"]).version
         download_uri = f"models:/{match['name']}/{version}"
-    elif match := _VERSION_URI.match(uri_or_path):
+    elif match := VERSION_URI.match(uri_or_path):
         version = _registry_call(uri_or_path, "get_model_version", match["name"], match["version"]).version
     download_dir = Path(tempfile.mkdtemp(prefix="crn-model-"))
     try:
@@ -175,8 +215,6 @@ def resolve_checkpoint(uri_or_path: str, artifact_key: str = CHECKPOINT_KEY) -> 
 
 def _download_s3_checkpoint(uri: str) -> ResolvedCheckpoint:
     """A checkpoint file on S3 (or an S3-compatible endpoint), through the project's pyarrow filesystem."""
-    from pipeline.fs import filesystem_for, read_bytes
-
     download_dir = Path(tempfile.mkdtemp(prefix="crn-model-"))
     path = download_dir / CHECKPOINT_ARTIFACT
     try:
@@ -225,19 +263,3 @@ def _registry_call(uri: str, method: str, *args):
         return getattr(MlflowClient(), method)(*args)
     except MlflowException as exc:
         raise UserError(f"model {uri}: {first_line(exc)}") from exc
-
-
-
-def without_weights(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's description (config, schema, step, ...) without its tensors of weights."""
-    return {key: value for key, value in ckpt.items() if key not in WEIGHT_KEYS}
-
-
-def load_model(uri_or_path: str) -> LoadedModel:
-    """Load a CRN from the registry, a run, or a checkpoint file (see the module docstring)."""
-    resolved = resolve_checkpoint(uri_or_path)
-    try:
-        ckpt = load_checkpoint(resolved.path)
-    finally:
-        resolved.cleanup()
-    return LoadedModel(model=model_from_checkpoint(ckpt), checkpoint=without_weights(ckpt), uri=resolved.uri, version=resolved.version)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from pipeline.errors import UserError
-from pipeline.options import from_argv, option
+from pipeline.options import experiment_option, from_argv, option
 from pipeline.registry import gate
 from pipeline.runtime import setup_mlflow
 
@@ -30,7 +30,7 @@ class PromoteConfig:
     version: str = option(help="the model version to promote (or with --demote, to demote)", parse=_version_number)
     reason: str = option(help="why, in a few words (recorded on the versions)")
     demote: bool = option(False, "take @champion away from --version instead (no version holds it afterwards)")
-    experiment: str = option("crn-evaluate", "MLflow experiment (only selects the tracking set-up)")
+    experiment: str = experiment_option("crn-evaluate", "MLflow experiment (only selects the tracking set-up)")
 
     def check(self) -> None:
         if not self.reason.strip():

@@ -1,9 +1,9 @@
 """Segmenters in the MLflow model registry, beside the CRNs (pipeline.registry.models).
 
 A registered segmenter is an `mlflow.pyfunc` model carrying the TorchScript file itself
-(artifact `segmenter`, the contract of pipeline.evaluation.segmenter): anything speaking
+(artifact `segmenter`, the contract of pipeline.segmenter.file): anything speaking
 MLflow can call `predict(uint8 [B,H,W,3]) -> uint8 [B,H,W]`, while the evaluation job reads
-the file's bytes (pipeline.evaluation.segmenter.open_segmenter, which finds the file behind a
+the file's bytes (pipeline.segmenter.file.open_segmenter, which finds the file behind a
 models:/ or runs:/ URI); their sha256 is the segmenter's identity in an evaluation protocol.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import mlflow.pyfunc
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.evaluation.segmenter import Segmenter, open_segmenter
 from pipeline.registry.pyfunc import SEGMENTER_KEY
 from pipeline.runtime import REPO_ROOT
+from pipeline.segmenter.file import Segmenter, open_segmenter
 
 SEGMENTER_ARTIFACT = "segmenter.pt"
 

@@ -5,8 +5,8 @@ laptop) runs
 
     ds.map_batches(SynthesisActor, fn_constructor_kwargs=..., compute=ActorPoolStrategy(...))
 
-It builds the model once, from checkpoint bytes the driver put in the object store (so the
-registry is asked once per job, not once per actor), and for each batch checks the class
+It builds the model once, from the opened model (checkpoint bytes and generator kind) the
+driver put in the object store (so the registry is asked once per job, not once per actor), and for each batch checks the class
 indices and runs the generator (crn.inference.generate_images) on a batch of exactly
 `batch_size` maps.
 
@@ -15,10 +15,9 @@ device:
 - a GPU actor hands back uint8 images and CPU tasks beside it encode them, because at
   256x512 encoding K PNGs takes a CPU core far longer than a GPU takes to make them;
 - a CPU actor (given `output`) writes its own images between two forward passes, with its
-  own threads: 32 crn-mid images (128x256) take 40-70 ms to encode and write on 2 threads,
-  against about 1.5 s for their forward pass. As tasks beside the actor they ran on the
-  cores its torch threads were using, and each task's scheduling and the images' trip
-  through the object store cost CPU on top (issue #15).
+  own threads: encoding takes a few percent of a forward pass on a CPU (docs/benchmarks.md),
+  and as tasks beside the actor they would run on the cores its torch threads use, with
+  each task's scheduling and the images' trip through the object store on top.
 """
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ import time
 import numpy as np
 import torch
 
-from crn.checkpoint import load_checkpoint, model_from_checkpoint
 from crn.inference import generate_images
 from pipeline.synthesis.outputs import once_per_batch, write_images
 
@@ -36,15 +34,15 @@ class SynthesisActor:
     """Callable class for `map_batches`: label maps in; uint8 images [B,K,H,W,3] out, or with
     `output` the images written and one row per image out (write_images' rows)."""
 
-    def __init__(self, checkpoint, device: str, bf16: bool, batch_size: int, num_threads: int,
+    def __init__(self, model, device: str, bf16: bool, batch_size: int, num_threads: int,
                  output: dict | None = None):
-        """`checkpoint`: a ray.ObjectRef to (or the) bytes of the checkpoint file. `output`:
+        """`model`: a ray.ObjectRef to (or the) pipeline.registry.models.ModelRef. `output`:
         write_images' keyword arguments (filesystem, output_root, existing_variants), to
         write the images here rather than hand them back."""
         import ray
 
-        if isinstance(checkpoint, ray.ObjectRef):
-            checkpoint = ray.get(checkpoint)
+        if isinstance(model, ray.ObjectRef):
+            model = ray.get(model)
         if device == "cpu":
             # Ray sets no thread count; torch would start one thread per core in every actor.
             # The count is part of the output's identity: reductions split by thread round differently.
@@ -53,7 +51,7 @@ class SynthesisActor:
             # The same convolution algorithm on every run, so the same pixels.
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        self.model = model_from_checkpoint(load_checkpoint(checkpoint)).to(device)
+        self.model = model.build().to(device)
         self.num_classes = self.model.config.num_classes
         self.device, self.bf16, self.batch_size = device, bf16, batch_size
         self.output, self.num_threads = output, num_threads

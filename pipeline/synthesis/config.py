@@ -3,21 +3,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from crn.resolution import Resolution
 from pipeline.data.sources import LABEL_TYPES
+from pipeline.data.store import VAL_SPLIT
 from pipeline.errors import UserError
 from pipeline.fs import absolute
-from pipeline.options import PRECISIONS, at_least, from_argv, non_negative, option
-
-DEFAULT_ALIAS = "champion"
-# A registered model name alone ("crn-cityscapes-256x512") means its champion.
-_BARE_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+from pipeline.options import (
+    PRECISIONS,
+    at_least,
+    batch_size_option,
+    dry_run_option,
+    experiment_option,
+    from_argv,
+    non_negative,
+    option,
+    run_name_option,
+    store_option,
+)
+from pipeline.registry.uris import model_uri
 
 
 @dataclass
@@ -26,8 +32,8 @@ class SynthesizeConfig:
     model: str = option(help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model, a checkpoint file "
                              "(local or s3://), or a registered model name alone (= models:/<name>@champion)")
     output: str = option(help="output folder or s3://bucket/prefix; re-running into it resumes")
-    store: str = option("", "preprocessed store (folder or s3://) to read a split of; or --labels")
-    split: str = option("val", "store split to synthesize")
+    store: str = store_option("preprocessed store (folder or s3://bucket/prefix) to read a split of; or --labels", "")
+    split: str = option(VAL_SPLIT, "store split to synthesize")
     labels: str = option("", "folder (or s3:// prefix) of label map PNGs, no photos needed; or --store")
     label_type: str = option("ids", "--labels maps hold schema ids (one channel) or colours (RGB)", choices=LABEL_TYPES)
     schema: str = option("cityscapes", "label schema of --labels maps: built-in name or JSON file")
@@ -35,7 +41,7 @@ class SynthesizeConfig:
     limit: int = option(0, "synthesize at most this many samples now (0 = all); re-running does the rest",
                         check=non_negative)
     # --- compute ---
-    batch_size: int = option(8, "label maps per forward pass", check=at_least(1))
+    batch_size: int = batch_size_option(8, "label maps per forward pass")
     num_actors: int = option(0, "actors in the pool, all started at once; 0 = one per GPU in the cluster with "
                                 "--use-gpu, else 1",
                              check=non_negative)
@@ -47,9 +53,9 @@ class SynthesizeConfig:
     seed: int = option(0, "recorded in the manifest for provenance; the CRN has no noise input, so pixels do not "
                           "depend on it")
     gallery_samples: int = option(8, "samples shown in the HTML gallery", check=at_least(1))
-    experiment: str = option("crn-synthesize", "MLflow experiment name")
-    run_name: str = option("", "MLflow run name (default: MLflow's)")
-    dry_run: bool = option(False, "print the resolved configuration and exit")
+    experiment: str = experiment_option("crn-synthesize")
+    run_name: str = run_name_option()
+    dry_run: bool = dry_run_option()
 
     def check(self) -> None:
         if bool(self.store) == bool(self.labels):
@@ -67,6 +73,7 @@ def parse_synthesize_config(argv: Sequence[str] | None) -> SynthesizeConfig:
 
 def resolve(config: SynthesizeConfig) -> SynthesizeConfig:
     """Make the config explicit: the model URI spelled out, local paths absolute, counts filled in."""
+    config.check()
     resolved = dataclasses.replace(config, model=model_uri(config.model))
     for name in ("model", "output", "store", "labels"):
         setattr(resolved, name, absolute(getattr(resolved, name)))
@@ -76,9 +83,3 @@ def resolve(config: SynthesizeConfig) -> SynthesizeConfig:
         resolved.threads_per_actor = max(1, (os.cpu_count() or 1) // resolved.num_actors)
     return resolved
 
-
-def model_uri(text: str) -> str:
-    """A bare registered model name means its champion; anything else is taken as given."""
-    if _BARE_MODEL_NAME.match(text) and not text.endswith(_CHECKPOINT_SUFFIXES) and not Path(text).exists():
-        return f"models:/{text}@{DEFAULT_ALIAS}"
-    return text

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,29 +66,14 @@ img {{ width: {THUMBNAIL_WIDTH}px; image-rendering: pixelated; display: block; }
 
 
 def evaluation_details(fs, root: str) -> dict[str, str]:
-    """One header line per evaluation of these images: the scores the evaluation job left in
-    `<output>/evaluations/<protocol id>.json` (docs/contracts.md), so the page shows them."""
-    import pyarrow.fs as pafs
+    """One header line per evaluation of these images: every metric of each record the
+    evaluation job left in `<output>/evaluations/` (pipeline.evaluation.records)."""
+    from pipeline.evaluation.records import format_metrics, read_records
 
-    from pipeline.fs import join, read_bytes
-
-    selector = pafs.FileSelector(join(root, "evaluations"), allow_not_found=True)
-    details = {}
-    for info in sorted(fs.get_file_info(selector), key=lambda i: i.path):
-        if not info.path.endswith(".json"):
-            continue
-        try:
-            record = json.loads(read_bytes(fs, info.path))
-            m = record["metrics"]
-            ratio = "n/a" if m.get("miou_ratio") is None else f"{m['miou_ratio']:.3f}"
-            fid = f"FID {m['fid']:.2f}" if m.get("fid") is not None else record.get("fid_note") or "FID not computed"
-            details[f"scores (protocol {record['protocol_id']})"] = (
-                f"mIoU {m['miou']:.3f} vs {m['real_miou']:.3f} on the real photos (ratio {ratio}); pixel accuracy "
-                f"{m['pixel_accuracy']:.3f} vs {m['real_pixel_accuracy']:.3f}; diversity {m['diversity']:.4f}; {fid}; "
-                f"segmenter {record['segmenter']['uri']}; split {record['protocol']['split']}")
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a record of ours: the gallery shows the images regardless
-    return details
+    return {f"scores (protocol {record['protocol_id']})":
+            f"{format_metrics(record.get('metrics', {}), record.get('notes', {}))}; segmenter "
+            f"{record.get('segmenter', {}).get('uri', '?')}; split {record.get('protocol', {}).get('split', '?')}"
+            for record in read_records(fs, root)}
 
 
 def _image_cell(image: np.ndarray, resample: Image.Resampling) -> str:

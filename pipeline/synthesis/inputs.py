@@ -22,16 +22,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from PIL import Image
 
 from crn.resolution import Resolution
 from pipeline.data.prepare import BadInput, PrepareSettings, SamplePreparer
 from pipeline.data.schema import LabelSchema
 from pipeline.data.sources import SourceError, display_path, scan_source
-from pipeline.data.store import decode_batch, open_store
+from pipeline.data.store import open_store
 from pipeline.errors import UserError
 
 
@@ -59,16 +57,7 @@ def open_store_split(uri: str, split: str, resolution: Resolution) -> SynthesisI
         return store.dataset(split, text).map_batches(_mark_all_good, batch_format="numpy")
 
     def preview(n: int) -> list[dict]:
-        # The first rows of the first part: a few row groups' worth of bytes, not the split.
-        files = store.files(split)
-        if not files:
-            return []
-        with store.filesystem.open_input_file(files[0]) as handle:
-            first = next(pq.ParquetFile(handle).iter_batches(batch_size=n, columns=store.columns(text)), None)
-        if first is None:
-            return []
-        batch = decode_batch(pa.Table.from_batches([first]), text, store.has_photos)
-        return [{name: column[i] for name, column in batch.items()} for i in range(len(batch["sample_id"]))]
+        return store.head(split, text, n)
 
     return SynthesisInput(build_dataset, preview, store.schema, f"store {uri} split {split}", [], store.has_photos)
 

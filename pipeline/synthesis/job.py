@@ -35,7 +35,8 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for, join, read_bytes, write_bytes_atomically
 from pipeline.records import log_model_input, start_job_run
-from pipeline.runtime import CPU_WORKER_MALLOC_ENV, init_ray
+from pipeline.registry.models import ModelRef
+from pipeline.runtime import cpu_worker_runtime_env, init_ray
 from pipeline.synthesis.actor import SynthesisActor
 from pipeline.synthesis.config import SynthesizeConfig
 from pipeline.synthesis.gallery import GallerySample, evaluation_details, gallery_html
@@ -135,7 +136,7 @@ def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesiz
     import ray
     import ray.data
 
-    config, num_outputs = plan.config, plan.model_config.num_outputs
+    config, num_outputs = plan.config, plan.model.config.num_outputs
     existing = list_existing(fs, root, num_outputs)
     for leftover in existing.temp_files:  # half-written files of an interrupted local run
         fs.delete_file(leftover)
@@ -156,7 +157,7 @@ def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesiz
         SynthesisActor,
         fn_constructor_kwargs={
             # Put once by the driver; every actor reads the same bytes from the object store.
-            "checkpoint": ray.put(plan.checkpoint_bytes),
+            "model": ray.put(plan.model),
             "device": "cuda" if config.use_gpu else "cpu",
             "bf16": config.precision == "bf16",
             "batch_size": config.batch_size,
@@ -176,8 +177,8 @@ def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesiz
         num_gpus=1 if config.use_gpu else 0,
         num_cpus=1 if config.use_gpu else config.threads_per_actor,
         # A CPU actor's forward passes reuse their memory instead of mapping it afresh each
-        # time (pipeline.runtime.CPU_WORKER_MALLOC_ENV: a crn-mid batch of 8 on 2 cores, 2.2-3.5 -> 1.4-1.6 s).
-        runtime_env=None if config.use_gpu else {"env_vars": CPU_WORKER_MALLOC_ENV},
+        # time (pipeline.runtime.CPU_WORKER_MALLOC_ENV).
+        runtime_env=cpu_worker_runtime_env(config.use_gpu),
     )
     if config.use_gpu:
         # PNG encoding and writing: CPU tasks beside the GPU actors, as many as there are free CPUs.
@@ -211,7 +212,7 @@ def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesiz
 def gallery_samples(plan: SynthesisPlan, fs, root: str, images: set[tuple[str, int]]):
     """The first `--gallery-samples` input samples that have all their images, ready to draw."""
 
-    num_outputs = plan.model_config.num_outputs
+    num_outputs = plan.model.config.num_outputs
     samples = []
     for row in plan.input.preview(plan.config.gallery_samples):
         sample_id = str(row["sample_id"])
@@ -231,7 +232,7 @@ def log_to_mlflow(plan: SynthesisPlan, fs, root: str, result: Synthesized, manif
     identity = plan.identity
     page = gallery_html(
         gallery_samples(plan, fs, root, result.images),
-        schema_palette(plan.schema),
+        schema_palette(plan.model.schema),
         title=f"{identity.model_uri} on {plan.input.description}",
         details={
             "model": f"{identity.model_uri} (version {identity.model_version or '-'}, sha256 {identity.model_sha256[:12]})",
@@ -262,6 +263,20 @@ def batch_times(metrics: dict[str, float]) -> str:
             f"{metrics['write_s_per_batch_median']:.2f} s to encode and write (medians)")
 
 
+def pace(result: Synthesized, metrics: dict[str, float]) -> str:
+    """The images/s of the summary line, as far as they were measured: none without images, and
+    the pace after the first batch only when later batches brought images."""
+    if result.num_written == 0 or result.elapsed_s <= 0:
+        return ""
+    text = f" ({metrics['images_per_s']:.2f} images/s, actors' start-up included"
+    if result.num_written > result.first_batch_images and result.elapsed_s > result.first_batch_s:
+        text += (f"; {metrics['images_per_s_after_first_batch']:.2f} images/s after the first batch, which took "
+                 f"{result.first_batch_s:.1f} s")
+    else:
+        text += "; one batch"
+    return text + ")"
+
+
 @dataclass
 class SynthesisOutcome:
     run_id: str
@@ -273,9 +288,13 @@ class SynthesisOutcome:
     metrics: dict[str, float]  # as logged to MLflow
 
 
-def run(config: SynthesizeConfig) -> SynthesisOutcome:
-    """The whole job for a parsed config (not a dry run: see jobs/synthesize.py)."""
-    plan = make_plan(config)
+def run(config: SynthesizeConfig, model: ModelRef | None = None) -> SynthesisOutcome:
+    """The whole job for a parsed config (not a dry run: see jobs/synthesize.py).
+
+    `model`: the generator already opened by the caller (pipeline.registry.models.open_model),
+    so that a stage that runs this one synthesizes exactly the version it opened."""
+    plan = make_plan(config, model)
+    config = plan.config
     init_ray()
     num_actors = actor_pool_size(config)  # before the output is claimed: job.json pins the threads
     try:
@@ -295,7 +314,7 @@ def run(config: SynthesizeConfig) -> SynthesisOutcome:
                    f"{plan.input.description} -> {config.output}")
     with start_job_run(config.experiment, description=description, run_name=config.run_name or None) as active:
         mlflow.log_params(plan.describe())
-        log_model_input(plan.model_name, plan.identity.model_version)
+        log_model_input(plan.model.name, plan.model.version)
         mlflow.set_tags({
             "crn.model_uri": plan.identity.model_uri,
             "crn.model_version": plan.identity.model_version or "",
@@ -310,10 +329,8 @@ def run(config: SynthesizeConfig) -> SynthesisOutcome:
         print(f"rejected {reject['path']}: {reject['reason']}")
     manifest_uri = f"{config.output.rstrip('/')}/{MANIFEST_FILE}"
     metrics = result.metrics()
-    print(f"synthesized {result.num_written} images in {result.elapsed_s:.1f} s ({metrics['images_per_s']:.2f} images/s, "
-          f"actors' start-up included; {metrics['images_per_s_after_first_batch']:.2f} images/s after the first batch, "
-          f"which took {result.first_batch_s:.1f} s){batch_times(metrics)}; {result.num_skipped} samples already done; "
-          f"{len(result.rejects)} rejected; "
+    print(f"synthesized {result.num_written} images in {result.elapsed_s:.1f} s{pace(result, metrics)}"
+          f"{batch_times(metrics)}; {result.num_skipped} samples already done; {len(result.rejects)} rejected; "
           f"{manifest_uri} lists {len(result.images)} images; MLflow run {active.info.run_id}")
     if not result.images:
         raise UserError(f"no images: every label map of {plan.input.description} was rejected (see {REJECTS_FILE})")

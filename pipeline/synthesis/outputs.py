@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.fs import join, read_bytes, write_bytes_atomically
+from pipeline.fs import filesystem_for, join, read_bytes, write_bytes_atomically
 from pipeline.visualize import png_bytes
 
 OUTPUT_FORMAT = "crn-synthesis/1"
@@ -248,3 +248,19 @@ def write_rejects(fs: pafs.FileSystem, root: str, rejects: list[dict]) -> bytes:
     data = (json.dumps(sorted(rejects, key=lambda r: (r["path"], r["reason"])), indent=1) + "\n").encode()
     write_bytes_atomically(fs, join(root, REJECTS_FILE), data)
     return data
+
+
+def images_complete(uri: str, model_sha256: str, resolution: str, sample_ids: list[str], num_outputs: int) -> bool:
+    """True when the output folder holds all K images of every sample, made by the weights with
+    this sha256 at this resolution (its job.json and manifest say so); False for anything
+    else, an empty or interrupted folder included (the synthesis job finishes those)."""
+    fs, root = filesystem_for(uri)
+    try:
+        job = json.loads(read_bytes(fs, join(root, JOB_FILE)))
+        manifest = pq.read_table(join(root, MANIFEST_FILE), columns=["sample_id", "variant"], filesystem=fs)
+    except (OSError, ValueError):
+        return False
+    if job.get("model_sha256") != model_sha256 or job.get("resolution") != resolution:
+        return False
+    have = set(zip(manifest.column("sample_id").to_pylist(), manifest.column("variant").to_pylist()))
+    return all((s, k) in have for s in sample_ids for k in range(num_outputs))

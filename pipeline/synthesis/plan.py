@@ -1,7 +1,8 @@
 """The synthesis job's plan: every check that needs no actor, made on the driver.
 
-The model is resolved once (a registry alias to its version, pipeline.registry.models) and
-its checkpoint read; the input is opened (a store split at the model's top resolution, or a
+The model is opened once (pipeline.registry.models.open_model: a registry alias resolved to
+its version, the checkpoint read and checked), or handed over already opened by the stage
+that runs this one; the input is opened (a store split at the model's top resolution, or a
 folder of label maps validated like preprocessing does, pipeline.synthesis.inputs); the
 input's label schema must equal the model's; the output's identity (pipeline.synthesis.outputs)
 is fixed. Each problem is a one-line error.
@@ -9,17 +10,14 @@ is fixed. Each problem is a one-line error.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from crn.checkpoint import load_checkpoint, model_from_checkpoint
-from crn.config import CRNConfig
-from pipeline.data.schema import LabelSchema, check_schema_match, load_schema
-from pipeline.errors import UserError, first_line
+from pipeline.data.schema import check_schema_match, load_schema
+from pipeline.errors import UserError
 from pipeline.options import to_dict
-from pipeline.registry.models import resolve_checkpoint
-from pipeline.synthesis.config import SynthesizeConfig
+from pipeline.registry.models import ModelRef, open_model
+from pipeline.synthesis.config import SynthesizeConfig, resolve
 from pipeline.synthesis.inputs import SynthesisInput, open_label_folder, open_store_split
 from pipeline.synthesis.outputs import OutputIdentity
 
@@ -27,12 +25,9 @@ from pipeline.synthesis.outputs import OutputIdentity
 @dataclass
 class SynthesisPlan:
     config: SynthesizeConfig
-    checkpoint_bytes: bytes
-    model_config: CRNConfig
-    schema: LabelSchema
+    model: ModelRef
     identity: OutputIdentity
     input: SynthesisInput
-    model_name: str | None = None  # the registered model's name when the model came from the registry
 
     def describe(self) -> dict[str, Any]:
         """The resolved configuration: printed by --dry-run and logged as MLflow params."""
@@ -40,34 +35,26 @@ class SynthesisPlan:
             **to_dict(self.config),
             "model.version": self.identity.model_version or "",
             "model.sha256": self.identity.model_sha256,
-            "model.widths": list(self.model_config.widths),
-            "model.num_outputs": self.model_config.num_outputs,
+            "model.generator": self.model.generator.name,
+            "model.num_outputs": self.model.config.num_outputs,
+            "model.config": self.model.config.to_dict(),
             "data.input": self.input.description,
             "data.larger_inputs": self.input.larger,
-            "data.schema": self.schema.name,
+            "data.schema": self.model.schema.name,
             "data.resolution": self.identity.resolution,
         }
 
 
-def make_plan(config: SynthesizeConfig) -> SynthesisPlan:
-    """Every check that needs no actor: model, input, schema, resolution."""
+def make_plan(config: SynthesizeConfig, model: ModelRef | None = None) -> SynthesisPlan:
+    """Every check that needs no actor: model, input, schema, resolution.
+
+    `model`: the generator, when the caller has opened it already (an evaluation hands on the
+    version it scores); else `config.model` is opened here."""
     import torch
 
-    resolved = resolve_checkpoint(config.model)
-    try:
-        checkpoint_bytes = resolved.path.read_bytes()
-        # Built once here too, so that a checkpoint that does not fit its own config fails
-        # now, in one line, rather than in every actor.
-        ckpt = load_checkpoint(resolved.path)
-        model_config = model_from_checkpoint(ckpt).config
-        model_schema = LabelSchema.from_dict(ckpt["label_schema"], where=f"model {config.model}")
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        raise UserError(f"model {config.model}: {first_line(exc)}") from None
-    finally:
-        resolved.cleanup()
-    del ckpt  # the driver needs the description only; actors build the model
-
-    top = model_config.top_resolution
+    config = resolve(config)  # a config built in code, not parsed, is spelled out here
+    model = model or open_model(config.model)
+    top = model.config.top_resolution
     if config.resolution is not None and config.resolution != top:
         raise UserError(f"model {config.model} makes {top} images; --resolution {config.resolution} differs")
     input_schema = None if config.store else load_schema(config.schema)
@@ -76,16 +63,16 @@ def make_plan(config: SynthesizeConfig) -> SynthesisPlan:
         source = open_store_split(config.store, config.split, top)
     else:
         source = open_label_folder(config.labels, input_schema, config.label_type, top)
-    check_schema_match(model_schema.to_dict(), source.schema.to_dict(), f"{source.description} vs model {config.model}")
+    check_schema_match(model.schema.to_dict(), source.schema.to_dict(), f"{source.description} vs model {config.model}")
 
     identity = OutputIdentity(
         model_uri=config.model,
-        model_version=resolved.version,
-        model_sha256=hashlib.sha256(checkpoint_bytes).hexdigest(),
-        schema_name=model_schema.name,
-        schema_fingerprint=model_schema.fingerprint(),
+        model_version=model.version,
+        model_sha256=model.sha256,
+        schema_name=model.schema.name,
+        schema_fingerprint=model.schema.fingerprint(),
         resolution=str(top),
-        num_outputs=model_config.num_outputs,
+        num_outputs=model.config.num_outputs,
         precision=config.precision,
         seed=config.seed,
         device="cuda" if config.use_gpu else "cpu",
@@ -93,4 +80,4 @@ def make_plan(config: SynthesizeConfig) -> SynthesisPlan:
         threads_per_actor=0 if config.use_gpu else config.threads_per_actor,
         torch_version=torch.__version__,
     )
-    return SynthesisPlan(config, checkpoint_bytes, model_config, model_schema, identity, source, resolved.name)
+    return SynthesisPlan(config, model, identity, source)

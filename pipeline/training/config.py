@@ -3,7 +3,7 @@
     config = from_argv(TrainConfig, ["--store", "work/toy-store", "--preset", "crn-tiny"], ...)
     config = parse_train_config([...])     # the same, as jobs/train.py calls it
 
-Defaults follow the published recipe (pipeline.training.recipe, crn-spec.md section 4): Adam
+Defaults follow the published recipe (pipeline.training.recipe, docs/recipe.md): Adam
 at 1e-4, batch 1, the preset's K, the recipe's epochs, layer weights fit for the loss
 network's weights (`recipe.layer_weights_choice`), and the lower stage to start from. Fields
 left at "auto", 0 or unset are filled in by `resolve()`, which the plan calls with the
@@ -12,45 +12,44 @@ store's data set and the loss network's input convention; `--dry-run` prints the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from crn.losses import LAYER_WEIGHTS
 from crn.presets import PRESETS, make_config
 from crn.resolution import Resolution
-from pipeline.options import AUTO, PRECISIONS, at_least, from_argv, identity_of, non_negative, option, positive, to_dict
-from pipeline.fs import absolute
-from pipeline.runtime import work_dir
 from pipeline.errors import UserError
+from pipeline.fs import absolute
+from pipeline.options import (
+    AUTO,
+    PRECISIONS,
+    batch_size_option,
+    dry_run_option,
+    experiment_option,
+    from_argv,
+    identity_of,
+    non_negative,
+    option,
+    positive,
+    store_option,
+    to_dict,
+)
+from pipeline.trainer import TrainingConfig, default_run_name, storage_location
 from pipeline.training.recipe import ALL_MODULES, layer_weights_choice, recipe_for
 
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainingConfig):
     # --- model and data ---
-    store: str = option(help="preprocessed store: a folder or s3://bucket/prefix", identity=True)
+    store: str = store_option(identity=True)
     preset: str = option("crn-256p", "model preset (crn.presets): widths, top resolution and K",
-                         choices=sorted(PRESETS), identity=True)
+                         choices=PRESETS, identity=True)
     resolution: Resolution | None = option(None, "HxW to train at; default: the preset's top resolution (the only "
                                                  "one it takes)", identity=True)
     num_outputs: int = option(0, "K images per label map; 0 = the preset's K", check=non_negative, identity=True)
-    # --- workers ---
-    num_workers: int = option(1, "Ray Train workers (DDP ranks)", check=at_least(1), identity=True)
-    use_gpu: bool = option(False, "one GPU per worker (NCCL); otherwise CPU workers with gloo")
-    cpus_per_worker: float = option(1.0, "logical CPUs each worker reserves (the rest run Ray Data)", check=positive)
-    placement_strategy: str = option("PACK", "how the workers are placed on the cluster's nodes (Ray placement group "
-                                             "strategies): PACK fills nodes in turn, SPREAD prefers distinct nodes, "
-                                             "STRICT_SPREAD puts every worker on a node of its own (a lost node then "
-                                             "takes one rank with it), STRICT_PACK all on one node",
-                                     choices=PLACEMENT_STRATEGIES)
-    threads_per_worker: int = option(0, "torch threads per CPU worker; 0 = the node's cores divided among its workers",
-                                     check=non_negative)
     # --- schedule ---
-    batch_size: int = option(1, "samples per worker per step (the authors: 1)", check=at_least(1), identity=True)
+    batch_size: int = batch_size_option(1, "samples per worker per step (the authors: 1)", identity=True)
     steps: int = option(0, "stop after this many optimizer steps; 0 = no step limit", check=non_negative, identity=True)
     epochs: int = option(0, "stop after this many passes over the data (whichever of steps/epochs comes first); "
                             "0 = the recipe's", check=non_negative, identity=True)
@@ -60,7 +59,7 @@ class TrainConfig:
                                     "a fresh order every epoch; a data set that fits is read once)",
                                check=non_negative)
     # --- loss ---
-    loss_weights: str = option(AUTO, "VGG layer weights to start from (crn-spec.md 3.2); auto = the recipe's published "
+    loss_weights: str = option(AUTO, "VGG layer weights to start from (docs/model.md#layer-weights); auto = the recipe's published "
                                      "row with the authors' MatConvNet VGG weights, the uncalibrated row (recalibrated "
                                      "after epoch 1) with torchvision-layout or random weights",
                                choices=[AUTO, *LAYER_WEIGHTS], identity=True)
@@ -68,7 +67,7 @@ class TrainConfig:
                                           "a .pth file, the authors' imagenet-vgg-verydeep-19.mat, or random",
                               identity=True)
     recalibrate_after_epoch: int | None = option(None, "after this epoch, divide each layer weight by its mean term "
-                                                       "over that epoch (spec 3.3); 0 = never; default: 1 when the "
+                                                       "over that epoch (docs/recipe.md#recalibration); 0 = never; default: 1 when the "
                                                        "layer weights start uncalibrated, else never",
                                                  check=non_negative, identity=True)
     # --- memory and speed ---
@@ -88,20 +87,12 @@ class TrainConfig:
                                       "module; auto = the recipe's with --init-from, else all", identity=True)
     progressive: bool = option(False, "run the recipe's whole chain of stages up to --preset (crn-256p, crn-512p, "
                                       "crn-1024p), each from the one below, each registered; re-running resumes")
-    # --- checkpoints, tracking, faults ---
-    run_name: str = option(AUTO, "Ray Train run name; re-running with the same name resumes; auto = from the config")
-    storage_path: str = option(AUTO, "folder or s3:// prefix for runs and checkpoints; auto = <work dir>/ray_results")
-    checkpoint_every: int = option(500, "steps between checkpoints (one is always written at the end)",
-                                   check=at_least(1))
-    keep_checkpoints: int = option(3, "newest checkpoints kept in storage", check=at_least(1))
-    log_every: int = option(10, "steps between reports to the driver (MLflow gets every step)", check=at_least(1))
+    # --- images and tracking (workers and the run: pipeline.trainer.TrainingConfig) ---
     image_every: int = option(500, "steps between label | outputs | photo grids; 0 = none", check=non_negative)
-    max_failures: int = option(3, "restarts from the last checkpoint after a lost worker before the run fails; "
-                                  "-1 = unlimited", check=at_least(-1))
-    experiment: str = option("crn-train", "MLflow experiment name")
+    experiment: str = experiment_option("crn-train")
     model_name: str = option(AUTO, "registered model name; auto = crn-<dataset>-<HxW>")
     alias: str = option("candidate", "alias the new registered version gets")
-    dry_run: bool = option(False, "print the resolved configuration and the recipe table, then exit")
+    dry_run: bool = dry_run_option("the resolved configuration and the recipe table")
 
     def check(self) -> None:
         if self.init_from and self.from_scratch:
@@ -148,11 +139,8 @@ def resolve(config: TrainConfig, dataset: str, vgg_convention: str) -> TrainConf
     if resolved.train_modules == AUTO:
         # The recipe's trained modules belong to its stage: a model that starts from scratch learns everything.
         resolved.train_modules = recipe.train_modules if resolved.init_from else ALL_MODULES
-    resolved.storage_path = absolute(str(work_dir() / "ray_results") if resolved.storage_path == AUTO
-                                     else resolved.storage_path)
+    resolved.storage_path = storage_location(resolved.storage_path)
     resolved.store = absolute(resolved.store)
     if resolved.run_name == AUTO:
-        identity = json.dumps(resolved.identity(), sort_keys=True)
-        digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
-        resolved.run_name = f"train-{resolved.preset}-{resolved.resolution}-{digest}"
+        resolved.run_name = default_run_name(f"train-{resolved.preset}-{resolved.resolution}", resolved)
     return resolved

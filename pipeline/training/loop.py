@@ -1,8 +1,8 @@
 """The training loop each Ray Train worker runs: plain PyTorch, with Ray only at the edges.
 
 Ray supplies the checkpoint to resume from (`get_checkpoint`), DDP set-up (`prepare_model`)
-and the channel to the driver (`report`). Everything else is the loop of crn-spec.md
-section 4: rows in a fresh order, one-hot labels, K images, the VGG loss, an Adam step.
+and the channel to the driver (`report`). Everything else is the loop of docs/recipe.md
+as published: rows in a fresh order, one-hot labels, K images, the VGG loss, an Adam step.
 
 Data order (pipeline.training.order). Every epoch is a fresh permutation of all training
 rows, a function of (seed, epoch); each step's global batch is split between the ranks, so
@@ -18,7 +18,7 @@ the label schema and the RNG state. Resuming rebuilds all of it, recomputes the 
 order and starts at the first batch not yet taken, so a resumed run takes exactly the
 steps an uninterrupted one would have.
 
-Recalibration (crn-spec.md 3.3, `--recalibrate-after-epoch N`): over epoch N each layer's
+Recalibration (docs/recipe.md#recalibration, `--recalibrate-after-epoch N`): over epoch N each layer's
 unweighted term (its plain mean L1) is summed; when the epoch closes the sums are averaged
 over its steps and ranks and every VGG layer weight is divided by its layer's mean. The
 means and the new weights are reported with that step (MLflow metrics
@@ -30,10 +30,6 @@ Rank 0 writes the checkpoints; all ranks report at the same steps (every `log_ev
 """
 from __future__ import annotations
 
-import logging
-import os
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -55,6 +51,7 @@ from pipeline.data.rows import RowReader
 from pipeline.data.store import TRAIN_SPLIT, open_store
 from pipeline.fs import filesystem_for, uri_join, write_bytes_atomically
 from pipeline.options import from_dict, to_dict
+from pipeline.trainer import StepReports, quiet_report_log, worker_device
 from pipeline.training import stages
 from pipeline.training.config import TrainConfig
 from pipeline.training.order import rank_batches
@@ -62,7 +59,6 @@ from pipeline.visualize import image_grid, png_bytes, schema_palette
 
 CHECKPOINT_FILE = "checkpoint.pt"
 GRID_SAMPLES = 2  # rows in an image grid
-WARMUP_STEPS = 2  # steps left out of the measured steps/s (first-call allocations)
 
 
 @dataclass
@@ -107,26 +103,16 @@ class TrainState:
     recalibration_means: list[float] | None = None  # the measured term means, once recalibrated
 
 
-def quiet_report_log() -> None:
-    """Ray Train logs every `report` with its whole metrics dict at INFO, which here holds the
-    per-step history of a window: a screenful per report on the console. That logger is
-    named by its file's path; a later Ray that moves the file only makes this a no-op."""
-    path = Path(ray.train.__file__).parent / "v2" / "_internal" / "execution" / "context.py"
-    logging.getLogger(str(path)).setLevel(logging.WARNING)
-
-
 def train_loop_per_worker(loop_config: dict) -> dict:
     quiet_report_log()
     plan = WorkerPlan.from_dict(loop_config)
     config = plan.config
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device() if config.use_gpu else torch.device("cpu")
+    device = worker_device(config.use_gpu, config.threads_per_worker)
     if config.use_gpu:
         # One input shape for the whole run: cuDNN times its algorithms once and keeps the fastest.
         torch.backends.cudnn.benchmark = True
-    else:
-        torch.set_num_threads(config.threads_per_worker or max(1, os.cpu_count() // context.get_local_world_size()))
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     init_weights = ray.get(plan.init_weights) if plan.init_weights is not None else None  # from the object store
@@ -162,10 +148,13 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             if state.epoch + 1 == config.recalibrate_after_epoch:
                 state.term_sums = [s + terms[name] for name, s in zip(LAYER_NAMES, state.term_sums)]
                 state.term_count += 1
-            reports.record(state.step, loss, terms)
-            if rank == 0 and config.image_every and state.step % config.image_every == 0:
-                reports.save_grid(state.step, labels, fake, batch["photo"])
+            reports.record(state.step, {"loss": loss, **terms})
             epoch_done = state.batch_in_epoch == steps_per_epoch
+            # Every `image_every` steps, and at the run's last step whatever its number: a run
+            # shorter than `image_every` still shows what it learned.
+            last_step = reached_step_limit(config, state) or (epoch_done and state.epoch + 1 >= config.epochs)
+            if rank == 0 and config.image_every and (state.step % config.image_every == 0 or last_step):
+                reports.save_grid(state.step, labels, fake, batch["photo"])
             if epoch_done:  # close the epoch before reporting, so a checkpoint here starts the next one
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 if state.epoch == config.recalibrate_after_epoch:
@@ -174,10 +163,10 @@ def train_loop_per_worker(loop_config: dict) -> dict:
                     loss_fn = CRNLoss(vgg, state.loss_weights).to(device)
                     reports.note_recalibration(state.recalibration_means, state.loss_weights)
             if state.step % config.log_every == 0 or state.step % config.checkpoint_every == 0:
-                reports.send(state, model, optimizer, with_checkpoint=state.step % config.checkpoint_every == 0)
+                reports.send_state(state, model, optimizer, with_checkpoint=state.step % config.checkpoint_every == 0)
 
     if reports.last_checkpoint_step != state.step and state.step > resumed_from:
-        reports.send(state, model, optimizer, with_checkpoint=True)
+        reports.send_state(state, model, optimizer, with_checkpoint=True)
     return {"step": state.step, "epoch": state.epoch, "resumed_from_step": resumed_from,
             "steps_per_s": reports.steady_steps_per_s(), "loss_weights": state.loss_weights,
             "recalibration_means": state.recalibration_means, "row_groups_read": reader.groups_read}
@@ -226,7 +215,7 @@ def place_loss_network(vgg: VGG19Features, device: torch.device) -> VGG19Feature
     forward passes and input gradients, which that layout speeds up, and no weight
     gradients, which it slows down (the generator, which has them, stays in NCHW). A crn-mid
     training step on the 2-core machine: 1.147 s against 1.239 s best of 9, 1.226 against
-    1.298 median, the same loss (issue #15). The convolutions pick their layout from the
+    1.298 median, the same loss. The convolutions pick their layout from the
     weights', so the images fed to it need no conversion. GPUs keep NCHW here:
     bench/bench_gpu.py measures both layouts for the whole step.
     """
@@ -260,7 +249,7 @@ def reached_step_limit(config: TrainConfig, state: TrainState) -> bool:
 
 
 def measured_term_means(state: TrainState, device: torch.device) -> list[float]:
-    """Spec 3.3: each layer's mean term over the recalibration epoch, averaged over ranks."""
+    """docs/recipe.md#recalibration: each layer's mean term over the recalibration epoch, averaged over ranks."""
     totals = torch.tensor(state.term_sums + [float(state.term_count)], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
@@ -279,36 +268,19 @@ def restore(checkpoint: ray.train.Checkpoint, model: CRN, optimizer) -> TrainSta
                       term_count=extra["term_count"], recalibration_means=extra.get("recalibration_means"))
 
 
-class Reporter:
-    """Collects per-step metrics and sends them, with a checkpoint when due, via `ray.train.report`."""
+class Reporter(StepReports):
+    """The CRN's reports (pipeline.trainer.StepReports): every step's loss and layer terms, the
+    recalibration, image grids, and its checkpoints."""
 
     def __init__(self, plan: WorkerPlan, rank: int, world_size: int, start_step: int):
+        super().__init__(rank, plan.config.batch_size * world_size, start_step)
         self.plan, self.config = plan, plan.config
-        self.rank, self.world_size = rank, world_size
-        self.history: list[dict] = []  # per-step records since the last report
         self.image = None  # grid written since the last report
-        self.last_checkpoint_step = -1
-        self.window_start = (time.perf_counter(), start_step)  # (time, step) of the last report
-        self.steps_seen = 0
-        self.warm = self.latest = None  # (time, step) after WARMUP_STEPS, and now
-
-    def record(self, step: int, loss: float, terms: dict[str, float]) -> None:
-        self.history.append({"step": step, "loss": loss, **terms})
-        self.steps_seen += 1
-        self.latest = (time.perf_counter(), step)
-        if self.steps_seen == WARMUP_STEPS:
-            self.warm = self.latest
 
     def note_recalibration(self, means: list[float], weights: list[float]) -> None:
         """The measured term means and the new layer weights, logged with the step that closed the epoch."""
         self.history[-1].update({f"recalibration.{name}": m for name, m in zip(LAYER_NAMES, means)})
         self.history[-1].update({f"layer_weight.{name}": w for name, w in zip(LAYER_NAMES, weights)})
-
-    def steady_steps_per_s(self) -> float:
-        """Steps per second after the warm-up steps, reports included (0 if too few steps)."""
-        if self.warm is None or self.latest[1] == self.warm[1]:
-            return 0.0
-        return (self.latest[1] - self.warm[1]) / (self.latest[0] - self.warm[0])
 
     def save_grid(self, step: int, labels: torch.Tensor, fake: torch.Tensor, photos: np.ndarray) -> None:
         n = min(GRID_SAMPLES, fake.shape[0])
@@ -318,29 +290,16 @@ class Reporter:
         fs, path = filesystem_for(uri_join(self.plan.run_dir, self.image))
         write_bytes_atomically(fs, path, png_bytes(grid))
 
-    def send(self, state: TrainState, model: CRN, optimizer, with_checkpoint: bool) -> None:
-        now = time.perf_counter()
-        start_time, start_step = self.window_start
-        metrics = {"step": state.step, "epoch": state.epoch, "history": self.history}
-        if state.step > start_step:
-            metrics["steps_per_s"] = (state.step - start_step) / (now - start_time)
-            metrics["samples_per_s"] = metrics["steps_per_s"] * self.config.batch_size * self.world_size
-        if self.image:
-            metrics["image"] = self.image
-        name = f"checkpoint_{state.step:08d}"
-        with tempfile.TemporaryDirectory(prefix="crn-ckpt-") as folder:
-            checkpoint = None
-            if with_checkpoint and self.rank == 0:
-                extra = {"batch_in_epoch": state.batch_in_epoch, "term_sums": state.term_sums,
-                         "term_count": state.term_count, "recalibration_means": state.recalibration_means,
-                         "config": to_dict(self.config)}
-                save_checkpoint(Path(folder) / CHECKPOINT_FILE, make_checkpoint(
-                    model, optimizer=optimizer, step=state.step, epoch=state.epoch,
-                    loss_weights=state.loss_weights, label_schema=self.plan.label_schema,
-                    rng=capture_rng_state(), extra=extra))
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name if with_checkpoint else None)
-        if with_checkpoint:
-            self.last_checkpoint_step = state.step
-        self.history, self.image = [], None
-        self.window_start = (now, state.step)  # this report's own time counts in the next window
+    def send_state(self, state: TrainState, model: CRN, optimizer, with_checkpoint: bool) -> None:
+        def write_checkpoint(folder: Path) -> None:
+            extra = {"batch_in_epoch": state.batch_in_epoch, "term_sums": state.term_sums,
+                     "term_count": state.term_count, "recalibration_means": state.recalibration_means,
+                     "config": to_dict(self.config)}
+            save_checkpoint(folder / CHECKPOINT_FILE, make_checkpoint(
+                model, optimizer=optimizer, step=state.step, epoch=state.epoch,
+                loss_weights=state.loss_weights, label_schema=self.plan.label_schema,
+                rng=capture_rng_state(), extra=extra))
+
+        self.send(state.step, state.epoch, write_checkpoint if with_checkpoint else None,
+                  **({"image": self.image} if self.image else {}))
+        self.image = None

@@ -1,6 +1,6 @@
 """The order in which training visits the data: a fresh permutation of all rows every epoch.
 
-crn-spec.md section 4: the authors draw np.random.permutation over all training pairs at
+docs/recipe.md#data-order: the authors draw np.random.permutation over all training pairs at
 the start of every epoch. Here the permutation is a function of (seed, epoch) alone, so
 every rank computes the same one without talking to the others, a re-run computes it
 again, and a resumed run continues it at the exact batch. The global batch of step s is

@@ -24,7 +24,7 @@ from pipeline.data.schema import check_schema_match
 from pipeline.data.store import TRAIN_SPLIT, Store, open_store
 from pipeline.errors import UserError
 from pipeline.fs import uri_join
-from pipeline.options import to_dict
+from pipeline.options import AUTO, to_dict
 from pipeline.training import order, stages
 from pipeline.training.config import TrainConfig, resolve
 from pipeline.training.loop import WorkerPlan
@@ -90,7 +90,7 @@ def make_plan(config: TrainConfig) -> TrainPlan:
     dataset_format = (store.manifest.get("source") or {}).get("format", "")
     recipe = recipe_for(config.preset, dataset_format)
     if recipe.starts_from and not (config.init_from or config.from_scratch):
-        raise UserError(f"--preset {config.preset} starts from a {recipe.starts_from} model (crn-spec.md 4): "
+        raise UserError(f"--preset {config.preset} starts from a {recipe.starts_from} model (docs/recipe.md#progressive-stages): "
                         f"pass --init-from <its checkpoint or models:/ URI>, or --from-scratch")
     try:
         vgg = VGG19Features(config.vgg_weights)
@@ -123,18 +123,17 @@ def make_plan(config: TrainConfig) -> TrainPlan:
                         f"{config.num_workers} worker(s) x batch {config.batch_size}")
     init_weights = None
     if config.init_from:
-        from pipeline.registry.models import load_model
+        from pipeline.registry.models import open_model
 
-        earlier = load_model(config.init_from)
-        check_schema_match(schema.to_dict(), earlier.checkpoint["label_schema"],
-                           f"store {config.store} vs --init-from {config.init_from}")
-        init_weights = stages.earlier_stage_weights(earlier.model.state_dict(), model_config, config.init_from)
+        earlier = open_model(config.init_from)
+        check_schema_match(schema.to_dict(), earlier.schema.to_dict(), f"store {config.store} vs --init-from {config.init_from}")
+        init_weights = stages.earlier_stage_weights(earlier.build().state_dict(), model_config, config.init_from)
         if recipe.starts_from:
             stages.check_lower_stage(init_weights, model_config, recipe.starts_from, config.init_from)
     if config.steps:  # the epochs that actually run, not the recipe's, are what the run records
         config = dataclasses.replace(config, epochs=min(config.epochs, -(-config.steps // steps_per_epoch)))
     dataset = dataset_name(store)
-    if config.model_name == "auto":
+    if config.model_name == AUTO:
         config = dataclasses.replace(config, model_name=f"crn-{dataset}-{top}")
     return TrainPlan(
         config=config, model_config=model_config, label_schema=schema.to_dict(), dataset=dataset,

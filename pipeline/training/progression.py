@@ -1,7 +1,7 @@
 """The progressive recipe as one command: every stage up to `--preset`, each from the one below.
 
     python jobs/train.py --store <store> --preset crn-1024p --progressive --num-workers 8 --use-gpu
-    # = crn-256p from scratch, then crn-512p from it, then crn-1024p from that (crn-spec.md 4)
+    # = crn-256p from scratch, then crn-512p from it, then crn-1024p from that (docs/recipe.md#progressive-stages)
 
 The chain comes from the recipe table (`starts_from`, pipeline.training.recipe). Each stage is
 an ordinary training run (pipeline.training.job.run) with `--init-from` set to the registered
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 from pipeline.data.store import open_store
 from pipeline.errors import UserError
+from pipeline.options import AUTO
 from pipeline.runtime import setup_mlflow
-from pipeline.training.config import AUTO, TrainConfig
+from pipeline.training.config import TrainConfig
 from pipeline.training.recipe import Recipe, stage_chain
 
 
@@ -54,9 +55,9 @@ def stage_config(config: TrainConfig, row: Recipe, init_from: str) -> TrainConfi
 
 def run_progression(config: TrainConfig) -> list[StageOutcome]:
     """Train (or find finished) every stage of the chain in turn; see the module docstring."""
+    from pipeline.trainer import finished_run
     from pipeline.training import job
     from pipeline.training.plan import make_plan
-    from pipeline.training.tracking import finished_run
 
     setup_mlflow(config.experiment)
     outcomes: list[StageOutcome] = []

@@ -1,6 +1,6 @@
 """The training recipe: one table, preset x data set -> what a run does by default.
 
-The published recipe (crn-spec.md sections 3.2 and 4) in one place. A model preset fixes the
+The published recipe (docs/recipe.md) in one place. A model preset fixes the
 architecture (widths and K, crn.presets); the recipe adds what the authors trained it with:
 
 | preset | data set | epochs | layer weights | starts from | modules that learn |
@@ -10,14 +10,13 @@ architecture (widths and K, crn.presets); the recipe adds what the authors train
 | crn-512p | any | 20 | cityscapes-512p | crn-256p | all |
 | crn-1024p | any | 5 | cityscapes-512p | crn-512p | 512x1024,1024x2048,head |
 | crn-tiny, crn-small, crn-mid | any | 200 | cityscapes-256p | (scratch) | all |
-| crn-chain-16p, -32p, -64p | any | 200, 20, 5 | as 256p, 512p, 1024p | the one below | as 1024p: top two, head |
 
 `recipe_for(preset, dataset)` picks the row; the data set is the store's source format
 (cityscapes, gta5, paired, ...), and a row for "*" serves any data set without its own.
-`--dry-run` prints the whole table and the row in use; the run logs the row. The crn-chain
-presets are the paper's three stages scaled down for CPUs (tests, `--progressive` smoke runs).
+`--dry-run` prints the whole table and the row in use; the run logs the row. Tests add
+rows of their own (the paper's three stages scaled down for CPUs) to `RECIPES`.
 
-Layer weights (crn-spec.md 3.2, 3.3). A row's layer weights are the published ones, which
+Layer weights (docs/recipe.md#layer-weight-rows). A row's layer weights are the published ones, which
 the authors measured on their MatConvNet VGG-19: they are the default only for that network
 (input convention "caffe", crn.vgg). With torchvision-layout or random VGG weights the
 features have other scales, so a run starts from the uncalibrated row (1, 1, 1, 1, 1, 10)
@@ -50,7 +49,7 @@ class Recipe:
     preset: str  # crn.presets name: widths, top resolution and K
     dataset: str  # the store's source format, or "*" for any
     epochs: int  # passes over the training split
-    loss_weights: str  # the published crn.losses.LAYER_WEIGHTS row (section 3.2), MatConvNet VGG
+    loss_weights: str  # the published crn.losses.LAYER_WEIGHTS row (docs/model.md#layer-weights), MatConvNet VGG
     starts_from: str  # the lower stage's preset whose modules it takes over; "" = from scratch
     train_modules: str  # modules that learn when starting from the lower stage ("all" or a comma list)
 
@@ -61,10 +60,10 @@ class Recipe:
                 "top_resolution": str(model.top_resolution)}
 
 
-RECIPES: tuple[Recipe, ...] = (
+RECIPES: list[Recipe] = [
     Recipe("crn-256p", "cityscapes", 200, "cityscapes-256p", "", ALL_MODULES),
     Recipe("crn-256p", "gta5", 200, "gta5-256p", "", ALL_MODULES),
-    # Any other data set at 256p: the Cityscapes row as the starting point (recalibrate, 3.3).
+    # Any other data set at 256p: the Cityscapes row as the starting point (recalibrate: docs/recipe.md#recalibration).
     Recipe("crn-256p", ANY_DATASET, 200, "cityscapes-256p", "", ALL_MODULES),
     Recipe("crn-512p", ANY_DATASET, 20, "cityscapes-512p", "crn-256p", ALL_MODULES),
     # The authors' 12 GB GPU held only the top two modules' gradients at 1024p.
@@ -73,11 +72,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("crn-tiny", ANY_DATASET, 200, "cityscapes-256p", "", ALL_MODULES),
     Recipe("crn-small", ANY_DATASET, 200, "cityscapes-256p", "", ALL_MODULES),
     Recipe("crn-mid", ANY_DATASET, 200, "cityscapes-256p", "", ALL_MODULES),
-    # The three stages scaled down for CPUs: --progressive on a toy store in seconds.
-    Recipe("crn-chain-16p", ANY_DATASET, 200, "cityscapes-256p", "", ALL_MODULES),
-    Recipe("crn-chain-32p", ANY_DATASET, 20, "cityscapes-512p", "crn-chain-16p", ALL_MODULES),
-    Recipe("crn-chain-64p", ANY_DATASET, 5, "cityscapes-512p", "crn-chain-32p", "32x64,64x128,head"),
-)
+]
 
 
 @dataclass(frozen=True)
@@ -103,7 +98,7 @@ def layer_weights_choice(recipe: Recipe, vgg_convention: str, start: str | None 
         return LayerWeightsChoice(UNCALIBRATED, RECALIBRATION_EPOCH,
                                   f"{why}: start from {UNCALIBRATED} {list(LAYER_WEIGHTS[UNCALIBRATED])} and divide "
                                   f"each VGG layer weight by its mean term over epoch {RECALIBRATION_EPOCH} "
-                                  f"(crn-spec.md 3.3)")
+                                  f"(docs/recipe.md#recalibration)")
     kind = "the published row, measured on this network" if vgg_convention == CAFFE else "as named"
     return LayerWeightsChoice(start, 0, f"{vgg_convention} VGG input: {start} {list(LAYER_WEIGHTS[start])}, {kind}; "
                                         f"no recalibration")

@@ -1,4 +1,4 @@
-"""How the model is set up for one stage of the progressive recipe (crn-spec.md section 4).
+"""How the model is set up for one stage of the progressive recipe (docs/recipe.md#progressive-stages).
 
 - Earlier stage: a 512p model starts from the 256p model's refinement modules (matched by
   name, "4x8" .. "256x512"); its new top module and its head start fresh. The head is never
@@ -74,7 +74,7 @@ def earlier_stage_weights(earlier: dict[str, torch.Tensor], config: CRNConfig, s
 
 def check_lower_stage(carried: dict[str, torch.Tensor], config: CRNConfig, lower_preset: str, source: str) -> None:
     """A stage that the recipe starts from `lower_preset` takes over every refinement module
-    but its new top one (crn-spec.md 4); a model of another stage is a one-line UserError."""
+    but its new top one (docs/recipe.md#progressive-stages); a model of another stage is a one-line UserError."""
     have = sorted({key.split(".")[1] for key in carried}, key=lambda name: int(name.split("x")[0]))
     wanted = [str(r) for r in config.resolutions[:-1]]
     if have != wanted:

@@ -1,6 +1,8 @@
-"""Preprocessing: labelled photographs -> the multi-resolution Parquet store, with Ray Data.
+"""The preprocessing job: labelled photographs -> the multi-resolution Parquet store, with Ray Data.
 
     run(parse_preprocess_config(["--source", "work/toy", "--out", "work/store"]))   # jobs/preprocess.py
+
+The configuration is pipeline.preprocessing.config.
 
 Stages: scan the source on the driver (paths only; name-level rejects), cut each split's
 sorted samples into shards of `rows_per_file`, then a Ray Data stream over the shards:
@@ -16,102 +18,28 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Sequence
 
 import pyarrow.fs as pafs
 
-from crn.resolution import Resolution, parse_resolutions
-from pipeline.data.prepare import (DEFAULT_MAX_UNKNOWN_FRACTION, DEFAULT_UNKNOWN_LABELS, PHOTO_TONES,
-                                   UNKNOWN_LABEL_POLICIES, WRONG_ASPECT, PrepareSettings)
+from pipeline.data.prepare import WRONG_ASPECT, PrepareSettings
 from pipeline.data.schema import load_schema
-from pipeline.data.shards import build_shard, plan_shards, rows_per_file_for
-from pipeline.data.sources import DEFAULT_LABEL_TYPE, FORMATS, LABEL_TYPES, scan_source
+from pipeline.data.shards import build_shard, plan_shards
+from pipeline.data.sources import scan_source
 from pipeline.data.store import STORE_FORMAT, StoreError, check_destination, read_manifest, write_manifest
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for, join, uri_join
-from pipeline.options import at_least, from_argv, one_of, option, to_dict
+from pipeline.options import to_dict
+from pipeline.preprocessing.config import PreprocessConfig, resolve
 from pipeline.records import start_job_run
 from pipeline.runtime import init_ray
 
-DEFAULT_RESOLUTIONS = "64x128,128x256,256x512"
-
-
-def _split_list(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
-
-
-def fraction(value: float) -> None:
-    if not 0 <= value <= 1:
-        raise ValueError(f"must be a fraction in 0..1, got {value}")
-
-
-@dataclass
-class PreprocessConfig:
-    source: str = option(help="source data set: a folder or an s3://bucket/prefix")
-    out: str = option(help="where the store goes: a folder or an s3://bucket/prefix")
-    format: str = option("cityscapes", "source layout: cityscapes (leftImg8bit/ + gtFine/), gta5 or paired "
-                                       "(images/ + labels/), labels-only (label PNGs, for synthesis)", choices=FORMATS)
-    label_type: str = option("", "labels as single-channel ids or RGB colours; default: the format's usual "
-                                 "(ids, but color for gta5)", check=one_of(*LABEL_TYPES))
-    schema: str = option("cityscapes", "label schema: a built-in name (cityscapes) or a schema JSON file")
-    resolutions: tuple[Resolution, ...] = option(parse_resolutions(DEFAULT_RESOLUTIONS),
-                                                 "comma-separated HxW sizes to store, each h x 2h with h = 4 * 2^n",
-                                                 parse=parse_resolutions)
-    splits: list[str] = option([], "comma-separated splits to read; default: train,val for cityscapes, the "
-                                   "<split>/ folders found (else one split 'train') for the others", parse=_split_list)
-    crop_to_aspect: bool = option(False, "centre-crop images that are not 1:2 (e.g. GTA5's 1052x1914) instead of "
-                                         "rejecting them")
-    unknown_labels: str = option("", "label ids / colours the schema lacks: void (stored as void, counted per sample "
-                                     "in the manifest) or reject (the whole map); default: void for colour labels, "
-                                     "as the authors read them, reject for ids", check=one_of(*UNKNOWN_LABEL_POLICIES))
-    max_unknown_fraction: float = option(DEFAULT_MAX_UNKNOWN_FRACTION, "with --unknown-labels void, a map with more "
-                                         "than this fraction of unknown pixels is still rejected (a wrong schema)",
-                                         check=fraction)
-    photo_tone: str = option("plain", "photographs as they are, or vivid: the authors' tone mapping of the targets "
-                                      "of their 512p and 1024p models, applied at each resolution", choices=PHOTO_TONES)
-    rows_per_file: int = option(0, "samples per Parquet part; 0 = about 32 MiB of raw pixels per part",
-                                check=at_least(0))
-    experiment: str = option("crn-preprocess", "MLflow experiment name")
-    dry_run: bool = option(False, "print the resolved config and exit")
-
-    def resolved(self) -> "PreprocessConfig":
-        """The format's usual label type and a part size filled in."""
-        from dataclasses import replace
-
-        label_type = self.label_type or DEFAULT_LABEL_TYPE[self.format]
-        return replace(
-            self,
-            label_type=label_type,
-            unknown_labels=self.unknown_labels or DEFAULT_UNKNOWN_LABELS[label_type],
-            rows_per_file=self.rows_per_file or rows_per_file_for(self.resolutions, self.format != "labels-only"),
-        )
-
-    def store_settings(self) -> dict:
-        """The settings that decide the store's content (so: its data folder's key)."""
-        return {
-            "format": self.format,
-            "label_type": self.label_type,
-            "resolutions": [str(r) for r in self.resolutions],
-            "crop_to_aspect": self.crop_to_aspect,
-            "rows_per_file": self.rows_per_file,
-            "unknown_labels": self.unknown_labels,
-            "max_unknown_fraction": self.max_unknown_fraction,
-            "photo_tone": self.photo_tone,
-        }
-
-
-def parse_preprocess_config(argv: Sequence[str] | None) -> PreprocessConfig:
-    config = from_argv(PreprocessConfig, argv, prog="jobs/preprocess.py",
-                       description="Preprocess a labelled data set into a multi-resolution Parquet store.")
-    return config.resolved()
-
 
 def run(config: PreprocessConfig) -> dict:
-    """The whole job for a resolved config, as one MLflow run; returns the store's manifest."""
+    """The whole job for a config, as one MLflow run; returns the store's manifest."""
     import mlflow
 
+    config = resolve(config)  # a config built in code, not parsed, is filled in here
     schema = load_schema(config.schema)
     description = f"{config.source} ({config.format}) -> {config.out} at {', '.join(map(str, config.resolutions))}"
     with start_job_run(config.experiment, description=description, tags={"crn.store": config.out}):

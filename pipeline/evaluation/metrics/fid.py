@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.evaluation.metrics.base import Metric, MetricResult, MetricSettings, ScoringInputs
+from pipeline.options import AUTO
+
 FID_FEATURES = 2048  # the pool3 features of the FID paper
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's name for the weights
 
@@ -39,7 +42,7 @@ def find_inception_weights(requested: str) -> tuple[Path | None, str]:
     """
     if requested == "none":
         return None, "FID not computed: --fid-weights none"
-    if requested == "auto":
+    if requested == AUTO:
         path = default_inception_path()
         if path.is_file():
             return path, ""
@@ -89,3 +92,35 @@ def fid_from_features(real: np.ndarray, synthesized: np.ndarray) -> float:
     metric.update(torch.from_numpy(real), real=True)
     metric.update(torch.from_numpy(synthesized), real=False)
     return float(metric.compute())
+
+
+class FIDMetric(Metric):
+    """FID between the real photos and all N*K synthesized images; None (with the reason) without
+    Inception weights or with fewer than 2 samples. Features are kept by sample id and fed to
+    torchmetrics in sample order, so the number does not depend on how batches were split."""
+
+    name = "fid"
+
+    def __init__(self, settings: MetricSettings):
+        super().__init__(settings)
+        self.real: dict[str, np.ndarray] = {}  # sample id -> features [D]
+        self.synthesized: dict[str, np.ndarray] = {}  # sample id -> features [K, D]
+
+    def update(self, inputs: ScoringInputs) -> None:
+        if not self.settings.fid:
+            return
+        for i, sample_id in enumerate(inputs.sample_ids):
+            self.real[sample_id] = inputs.features_real[i]
+            self.synthesized[sample_id] = inputs.features_synthesized[i]
+
+    def merge(self, other: "FIDMetric") -> None:
+        self.real.update(other.real)
+        self.synthesized.update(other.synthesized)
+
+    def compute(self) -> MetricResult:
+        if not self.settings.fid:
+            return MetricResult(values={"fid": None}, notes={"fid": self.settings.fid_note})
+        ids = sorted(self.real)
+        real = np.stack([self.real[s] for s in ids])
+        synthesized = np.concatenate([self.synthesized[s] for s in ids])
+        return MetricResult(values={"fid": fid_from_features(real, synthesized)}, notes={"fid": ""})

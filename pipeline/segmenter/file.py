@@ -1,7 +1,7 @@
 """The segmenter that scores synthesized images: a TorchScript file and its class order.
 
-Contract (the same for the segmenter this project trains, pipeline.evaluation.segmenter_training,
-and for a user's file, for example DRN-D-105 for the field's Cityscapes protocol):
+Contract (the same for the segmenter this project trains, pipeline.segmenter.job, and for a
+user's file, for example DRN-D-105 for the field's Cityscapes protocol):
 
 - a TorchScript module (`torch.jit.save`) whose `forward` takes RGB float32 [B, 3, H, W] in
   0..1 (the module does its own normalisation) and returns class scores [B, C, h, w], or a
@@ -102,7 +102,7 @@ def open_segmenter(uri: str, classes_file: str = "") -> SegmenterFile:
 
 def check_class_order(segmenter: SegmenterFile, schema: LabelSchema) -> None:
     """The segmenter's classes must be the schema's, void left out, in the same order."""
-    expected = schema.class_names[: schema.void_index]
+    expected = schema.scored_class_names
     names = segmenter.class_names
     if names == expected:
         return
@@ -124,10 +124,10 @@ def _load(data: bytes) -> tuple[torch.jit.ScriptModule, str]:
 class Segmenter:
     """A loaded segmenter: uint8 RGB images in, class-index maps out."""
 
-    def __init__(self, data: bytes, num_classes: int, device: str = "cpu"):
+    def __init__(self, data: bytes, num_scored_classes: int, device: str = "cpu"):
         self.module, _ = _load(data)
         self.module.to(device)
-        self.num_classes, self.device = num_classes, device
+        self.num_scored_classes, self.device = num_scored_classes, device
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -140,9 +140,9 @@ class Segmenter:
             scores = self.module(chunk.permute(0, 3, 1, 2).float() / 255.0)
             if isinstance(scores, dict):
                 scores = scores["out"]
-            if scores.ndim != 4 or scores.shape[1] != self.num_classes:
+            if scores.ndim != 4 or scores.shape[1] != self.num_scored_classes:
                 raise ValueError(f"segmenter returned scores of shape {tuple(scores.shape)}, expected "
-                                 f"[B, {self.num_classes}, h, w]")
+                                 f"[B, {self.num_scored_classes}, h, w]")
             if scores.shape[-2:] != (height, width):
                 scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
             out[start:start + len(chunk)] = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
