@@ -43,16 +43,20 @@ PATH_NAME = re.compile(r"(?<![\w./-])((?:%s)/[\w./-]*[\w/])" % "|".join(TOP_DIRS
 DOTTED_NAME = re.compile(r"(?<![\w./-])((?:crn|pipeline|jobs|bench)(?:\.\w+)+)")
 
 
-def prose_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of the lines outside fenced code blocks."""
+def markdown_lines(path: Path) -> list[tuple[int, str, bool]]:
+    """(line number, text, inside a fenced code block) of every line but the fences themselves."""
     lines, fenced = [], False
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if FENCE.match(line):
             fenced = not fenced
             continue
-        if not fenced:
-            lines.append((number, line))
+        lines.append((number, line, fenced))
     return lines
+
+
+def prose_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of the lines outside fenced code blocks."""
+    return [(number, line) for number, line, fenced in markdown_lines(path) if not fenced]
 
 
 def slug(heading: str) -> str:
@@ -137,47 +141,46 @@ def test_every_relative_link_resolves(doc: Path):
     assert not problems, "broken links:\n" + "\n".join(problems)
 
 
-def test_nothing_cites_material_outside_the_repository():
-    problems = []
+def text_lines() -> list[tuple[Path, int, str]]:
+    """(file, line number, text) of every line of the repository's checked text files."""
+    lines = []
     for path in checked_text_files():
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
-        for number, line in enumerate(text.splitlines(), start=1):
-            for needle in FORBIDDEN:
-                if needle in line:
-                    problems.append(f"{path.relative_to(ROOT)}:{number}: cites {needle}: {line.strip()[:100]}")
+        lines += [(path, number, line) for number, line in enumerate(text.splitlines(), start=1)]
+    return lines
+
+
+def test_nothing_cites_material_outside_the_repository():
+    problems = []
+    for path, number, line in text_lines():
+        for needle in FORBIDDEN:
+            if needle in line:
+                problems.append(f"{path.relative_to(ROOT)}:{number}: cites {needle}: {line.strip()[:100]}")
     assert not problems, "cite docs/ instead:\n" + "\n".join(problems)
 
 
 def test_every_docs_citation_in_the_code_exists():
     docs_dir = ROOT / "docs"
     problems = []
-    for path in checked_text_files():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            continue
-        for number, line in enumerate(text.splitlines(), start=1):
-            for match in CODE_CITATION.finditer(line):
-                name, anchor = match.groups()
-                target = docs_dir / name
-                where = f"{path.relative_to(ROOT)}:{number}: {match.group(0)}"
-                if not target.exists():
-                    problems.append(f"{where}: no such file")
-                elif anchor and anchor not in anchors(target):
-                    problems.append(f"{where}: no heading #{anchor} in docs/{name}")
+    for path, number, line in text_lines():
+        for match in CODE_CITATION.finditer(line):
+            name, anchor = match.groups()
+            target = docs_dir / name
+            where = f"{path.relative_to(ROOT)}:{number}: {match.group(0)}"
+            if not target.exists():
+                problems.append(f"{where}: no such file")
+            elif anchor and anchor not in anchors(target):
+                problems.append(f"{where}: no heading #{anchor} in docs/{name}")
     assert not problems, "stale citations of docs/:\n" + "\n".join(problems)
 
 
 def code_spans(path: Path) -> list[tuple[int, str]]:
     """(line number, text) of every `inline code` span and fenced code line of a markdown file."""
-    spans, fenced = [], False
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if FENCE.match(line):
-            fenced = not fenced
-            continue
+    spans = []
+    for number, line, fenced in markdown_lines(path):
         if fenced:
             spans.append((number, line))
         else:

@@ -8,18 +8,8 @@ from typing import Sequence
 
 from pipeline.data.store import VAL_SPLIT
 from pipeline.fs import absolute
-from pipeline.options import (
-    AUTO,
-    at_least,
-    batch_size_option,
-    dry_run_option,
-    experiment_option,
-    from_argv,
-    non_negative,
-    option,
-    run_name_option,
-    store_option,
-)
+from pipeline.options import (AUTO, at_least, batch_size_option, dry_run_option, experiment_option, from_argv,
+                              non_negative, option, run_name_option, store_option)
 from pipeline.registry.uris import model_uri
 
 

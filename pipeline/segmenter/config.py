@@ -17,18 +17,8 @@ from crn.resolution import Resolution
 from pipeline.data.store import TRAIN_SPLIT, open_store
 from pipeline.errors import UserError
 from pipeline.fs import absolute
-from pipeline.options import (
-    AUTO,
-    at_least,
-    batch_size_option,
-    dry_run_option,
-    experiment_option,
-    from_argv,
-    non_negative,
-    option,
-    positive,
-    store_option,
-)
+from pipeline.options import (AUTO, at_least, batch_size_option, dry_run_option, experiment_option, from_argv,
+                              non_negative, option, positive, store_option)
 from pipeline.segmenter.network import ARCHITECTURES
 from pipeline.trainer import TrainingConfig, default_run_name, storage_location
 

@@ -11,18 +11,8 @@ from pipeline.data.sources import LABEL_TYPES
 from pipeline.data.store import VAL_SPLIT
 from pipeline.errors import UserError
 from pipeline.fs import absolute
-from pipeline.options import (
-    PRECISIONS,
-    at_least,
-    batch_size_option,
-    dry_run_option,
-    experiment_option,
-    from_argv,
-    non_negative,
-    option,
-    run_name_option,
-    store_option,
-)
+from pipeline.options import (PRECISIONS, at_least, batch_size_option, dry_run_option, experiment_option, from_argv,
+                              non_negative, option, run_name_option, store_option)
 from pipeline.registry.uris import model_uri
 
 
