@@ -2,19 +2,26 @@
 machine (`ray.cluster_utils.Cluster`: each node its own raylet, object store and resources),
 a job run against it as a user runs one on a cluster, and a node removed while it works.
 
+    python tests/cluster_scenarios.py serve      # one cluster, scenarios asked for on stdin
     python tests/cluster_scenarios.py train '{"argv": ["--store", "s3://...", ...], "log": "/tmp/x/train.log"}'
 
 Runs in its own process: a Cluster is a Ray instance of its own, and a test process is already
 connected to the session's. This process owns the cluster and never connects to it as a
 driver; the job is a separate process (`python -m jobs.<job> ...` with `RAY_ADDRESS` set, what
 `ray job submit` does too). The environment (S3 endpoint and credentials, MLflow store) is
-inherited: the nodes' processes get it from here, the job from here too. The last line of
-stdout is the scenario's result as JSON; the test asserts on it and on what the job left in
-S3 and MLflow.
+inherited: the nodes' processes get it from here, the job from here too. The test asserts on
+the scenario's result (JSON) and on what the job left in S3 and MLflow.
+
+`serve` starts the cluster once and runs the scenarios that tests/test_node_loss.py asks
+for, one JSON request a line on stdin, `RESULT <json>` a line on stdout (nothing else goes
+there), all on that cluster: each scenario starts with 2 worker nodes (a node that the one
+before removed is replaced first, as an autoscaler would) and sees only the actors and
+tasks that it made. With a scenario's name and arguments instead, one scenario runs on a
+cluster of its own and its result is the last line of stdout.
 
 The cluster: a head with no CPUs (the drivers and Ray Train's controller live there, never
-a worker: as a real cluster's head is often set up) and worker nodes with 2 or 3 logical
-CPUs each on this machine's 2 cores (docs/stack-facts.md#ray-logical-cpus: logical CPUs are slots, not threads).
+a worker: as a real cluster's head is often set up) and worker nodes with 3 logical CPUs
+each on this machine's 2 cores (docs/stack-facts.md#ray-logical-cpus: logical CPUs are slots, not threads).
 Everything listens on 127.0.0.1, and Ray's files go to a folder of this run's own
 (`RAY_TMPDIR`), so the cluster never meets another Ray instance on the machine: Ray's own
 processes that look for "the" cluster without an address (Ray Train's placement-group
@@ -35,7 +42,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-NODE_CPUS = 2
+# 3: a synthesis actor of 2 CPUs and a CPU for its reads and writes, but not two actors.
+NODE_CPUS = 3
+WORKER_NODES = 2
+RESULT = "RESULT "
 POLL_S = 0.2  # how often the watchers look; nothing here waits a fixed time for something to happen
 
 
@@ -53,20 +63,40 @@ class TestCluster:
 
         self.node_cpus = node_cpus
         self.jobs: list[Job] = []
+        self.seen_actors: set[str] = set()  # of the scenarios before: actors() leaves them out
         # Ports: 0 or None = free ones picked by Ray. The head's dashboard agent would take
         # a fixed default that another Ray instance here may hold; worker nodes get free ones.
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": True,
             "dashboard_host": "127.0.0.1", "dashboard_port": 0, "dashboard_agent_listen_port": None})
-        self.nodes = [self.add() for _ in range(workers)]
+        self.nodes: list = []  # the worker nodes up now
+        for _ in range(workers):
+            self.add()
 
     def add(self):
         node = self.cluster.add_node(num_cpus=self.node_cpus, node_ip_address="127.0.0.1")
         self.cluster.wait_for_nodes()
+        self.nodes.append(node)
         return node
 
     def remove(self, node) -> None:
         self.cluster.remove_node(node, allow_graceful=False)  # a lost node: no goodbye
+        self.nodes.remove(node)
+
+    def begin(self, workers: int = WORKER_NODES) -> list:
+        """Ready for the next scenario: `workers` worker nodes (a lost one replaced), the jobs
+        and actors of the scenarios before out of sight. Returns the worker nodes."""
+        self.end()
+        while len(self.nodes) < workers:
+            self.add()
+        self.seen_actors |= {a["id"] for a in self.actors("")}
+        return list(self.nodes)
+
+    def end(self) -> None:
+        """A scenario that failed half-way leaves no job running."""
+        for job in self.jobs:
+            job.stop()
+        self.jobs.clear()
 
     def env(self) -> dict:
         """The job's environment: ours, and the cluster to attach to."""
@@ -77,7 +107,7 @@ class TestCluster:
         table = self.cluster.global_state.actor_table(None)
         return [{"id": a["ActorID"], "node": a["Address"]["NodeID"], "state": a["State"], "restarts": a["NumRestarts"],
                  "class": a["ActorClassName"]}
-                for a in table.values() if class_name in a["ActorClassName"]]
+                for a in table.values() if class_name in a["ActorClassName"] and a["ActorID"] not in self.seen_actors]
 
     def tasks(self, name: str) -> list[dict]:
         """Every attempt of the tasks whose name contains `name`: node id, state (Ray's state API)."""
@@ -87,12 +117,8 @@ class TestCluster:
         return [{"id": t.task_id, "attempt": t.attempt_number, "node": t.node_id, "state": t.state, "name": t.name}
                 for t in found if name in t.name]
 
-    def node_ids(self) -> list[str]:
-        return [node.node_id for node in self.nodes]
-
     def close(self) -> None:
-        for job in self.jobs:  # a scenario that failed half-way leaves no job behind
-            job.stop()
+        self.end()
         try:
             self.cluster.shutdown()
         finally:
@@ -177,7 +203,7 @@ def logged_steps(tracking_uri: str, run_id: str) -> list[int]:
         return []
 
 
-def train(args: dict) -> dict:
+def train(cluster: TestCluster, args: dict) -> dict:
     """Training, 2 workers on 2 nodes (STRICT_SPREAD); the node of one removed once the run
     has logged the step of its first checkpoint, and a new node added once Ray Train has
     seen the failure (as an autoscaler or KubeRay replaces a lost node).
@@ -194,8 +220,8 @@ def train(args: dict) -> dict:
     mlflow.set_tracking_uri(tracking_uri)
 
     timeline = Timeline()
-    cluster = TestCluster(workers=2)
-    timeline.mark("cluster up")
+    nodes = cluster.begin()
+    timeline.mark("2 worker nodes")
     try:
         job = Job(cluster, "train", argv, Path(args["log"]))
         run = wait_for("an MLflow run", lambda: mlflow_run_of(tracking_uri, experiment, run_name), job)
@@ -203,7 +229,7 @@ def train(args: dict) -> dict:
         wait_for(f"step {first_checkpoint} in MLflow", lambda: first_checkpoint in logged_steps(tracking_uri, run.info.run_id), job)
         timeline.mark("checkpoint logged")
         first_group = cluster.actors("RayTrainWorker")
-        lost = cluster.nodes[0]
+        lost = nodes[0]
         cluster.remove(lost)
         timeline.mark("node removed")
         steps_at_removal = logged_steps(tracking_uri, run.info.run_id)
@@ -217,13 +243,13 @@ def train(args: dict) -> dict:
         return {
             "timeline": timeline.marks,
             "exit_code": code, "output": job.output()[-6000:], "run_id": run.info.run_id,
-            "worker_nodes": cluster.node_ids() + [replacement.node_id],
+            "worker_nodes": [node.node_id for node in nodes] + [replacement.node_id],
             "lost_node": lost.node_id, "replacement_node": replacement.node_id,
             "first_group": first_group, "workers": cluster.actors("RayTrainWorker"),
             "steps_logged_at_removal": steps_at_removal,
         }
     finally:
-        cluster.close()
+        cluster.end()
 
 
 # ---------------------------------------------------------------- synthesis
@@ -241,7 +267,7 @@ def images_in(output: str) -> list[str]:
                   if info.type == pafs.FileType.File and info.path.endswith(".png"))
 
 
-def synthesize(args: dict) -> dict:
+def synthesize(cluster: TestCluster, args: dict) -> dict:
     """Synthesis with a pool of 2 actors of 2 CPUs on 2 nodes of 3 CPUs: one actor per node
     (a node has no room for two), a CPU each for the reads and writes. Once both actors are
     alive and images are arriving, the node of one is removed, for good: the survivor has
@@ -253,8 +279,8 @@ def synthesize(args: dict) -> dict:
     argv = args["argv"]
     output = argv[argv.index("--output") + 1]
     timeline = Timeline()
-    cluster = TestCluster(workers=2, node_cpus=3)
-    timeline.mark("cluster up")
+    nodes = cluster.begin()
+    timeline.mark("2 worker nodes")
     try:
         job = Job(cluster, "synthesize", argv, Path(args["log"]))
 
@@ -263,9 +289,9 @@ def synthesize(args: dict) -> dict:
             return alive if len({a["node"] for a in alive}) == 2 and images_in(output) else None
 
         pool = wait_for("synthesis actors alive on 2 nodes, and images", working_on_two_nodes, job,
-                        state=lambda: {"nodes": cluster.node_ids(), "actors": cluster.actors("SynthesisActor")})
+                        state=lambda: {"nodes": [n.node_id for n in nodes], "actors": cluster.actors("SynthesisActor")})
         timeline.mark("actors alive, images arriving")
-        lost = cluster.nodes[0]
+        lost = nodes[0]
         cluster.remove(lost)
         timeline.mark("node removed")
         at_removal = images_in(output)
@@ -279,37 +305,78 @@ def synthesize(args: dict) -> dict:
             timeline.mark("re-run done")
         return {
             "timeline": timeline.marks, "exit_codes": exit_codes, "outputs": outputs,
-            "worker_nodes": cluster.node_ids(), "lost_node": lost.node_id, "pool_at_removal": pool, "actors": cluster.actors("SynthesisActor"), "images_at_removal": at_removal,
+            "worker_nodes": [node.node_id for node in nodes], "lost_node": lost.node_id, "pool_at_removal": pool,
+            "actors": cluster.actors("SynthesisActor"), "images_at_removal": at_removal,
         }
     finally:
-        cluster.close()
+        cluster.end()
 
 
 # ---------------------------------------------------------------- preprocessing
 
 
-def preprocess(args: dict) -> dict:
-    """Preprocessing on 2 nodes of 2 CPUs: the shards' tasks spread over both (Ray Data's
-    SPREAD). args: argv (the job's flags), log."""
+def preprocess(cluster: TestCluster, args: dict) -> dict:
+    """Preprocessing on 2 nodes: the shards' tasks spread over both (Ray Data's SPREAD).
+    args: argv (the job's flags), log."""
     timeline = Timeline()
-    cluster = TestCluster(workers=2)
-    timeline.mark("cluster up")
+    nodes = cluster.begin()
+    timeline.mark("2 worker nodes")
+    try:  # the tasks of an earlier run on this cluster, if any (its dashboard may not answer yet)
+        before = {t["id"] for t in cluster.tasks("build_shard")}
+    except Exception:
+        before = set()
     try:
         job = Job(cluster, "preprocess", args["argv"], Path(args["log"]))
         code = job.wait(timeout=600)
         timeline.mark("job done")
         return {"timeline": timeline.marks, "exit_code": code, "output": job.output()[-6000:],
-                "worker_nodes": cluster.node_ids(), "tasks": cluster.tasks("build_shard")}
+                "worker_nodes": [node.node_id for node in nodes],
+                "tasks": [t for t in cluster.tasks("build_shard") if t["id"] not in before]}
     finally:
-        cluster.close()
+        cluster.end()
 
 
 SCENARIOS = {"train": train, "synthesize": synthesize, "preprocess": preprocess}
 
 
+def serve() -> int:
+    """One cluster for every scenario asked for on stdin ({"scenario": name, "args": {...}} a
+    line); `RESULT {"result": ...}` or `RESULT {"error": traceback}` a line on stdout. Ends,
+    and shuts the cluster down, when stdin closes."""
+    import signal
+    import traceback
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still shut the cluster down (finally below)
+    results = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # whatever else prints goes to stderr
+    sys.stdout = sys.stderr
+    started = time.monotonic()
+    cluster = TestCluster(workers=WORKER_NODES)
+    try:
+        results.write(RESULT + json.dumps({"ready": round(time.monotonic() - started, 1)}) + "\n")
+        results.flush()
+        for line in sys.stdin:
+            request = json.loads(line)
+            try:
+                answer = {"result": SCENARIOS[request["scenario"]](cluster, request["args"])}
+            except Exception:  # the test shows it; the cluster serves the next scenario
+                answer = {"error": traceback.format_exc()}
+            results.write(RESULT + json.dumps(answer) + "\n")
+            results.flush()
+    finally:
+        cluster.close()
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[0] == "serve":
+        return serve()
     name, args = argv[0], json.loads(argv[1])
-    result = SCENARIOS[name](args)
+    cluster = TestCluster(workers=WORKER_NODES)
+    try:
+        result = SCENARIOS[name](cluster, args)
+    finally:
+        cluster.close()
     print(json.dumps(result))
     return 0
 

@@ -3,11 +3,12 @@ preprocessing with every file on S3, compared with runs that lost nothing.
 
     .venv/bin/python -m pytest tests/test_node_loss.py -q
 
-Each scenario runs in its own process (tests/cluster_scenarios.py): it starts a
-`ray.cluster_utils.Cluster` (a head without CPUs and worker nodes, each its own raylet),
-runs the job against it as a separate driver (`RAY_ADDRESS`, as on a real cluster), removes
-a worker node when the job has made progress (seen in MLflow or S3, never after a fixed
-sleep), and prints what happened as JSON. This process holds the session's own local Ray
+The scenarios run in a process of their own (tests/cluster_scenarios.py serve), on one
+`ray.cluster_utils.Cluster` that it starts for the module (a head without CPUs and 2 worker
+nodes, each its own raylet; a node that a scenario removed is replaced before the next).
+Each runs the job against it as a separate driver (`RAY_ADDRESS`, as on a real cluster),
+removes a worker node when the job has made progress (seen in MLflow or S3, never after a
+fixed sleep), and answers with what happened as JSON. This process holds the session's own local Ray
 instance, which computes the references (a process connects to one Ray instance at a time).
 Checkpoints, stores and images live on S3 (moto on 127.0.0.1): a lost node takes its local
 disk with it. On the 2-core machine at load 5-11 (other test runs beside): training 152 s
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import uuid
@@ -51,12 +53,67 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def scenario(name: str, args: dict, timeout: float = 900) -> dict:
-    """Run one scenario of tests/cluster_scenarios.py in its own process; its JSON result."""
-    done = subprocess.run([sys.executable, str(SCENARIOS), name, json.dumps(args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class ScenarioServer:
+    """`tests/cluster_scenarios.py serve`: its cluster, started once, runs every scenario."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.process = None
+        self.up = False  # the cluster said it is up
+
+    def start(self) -> None:
+        """Start the server: its cluster comes up while the tests prepare their data."""
+        with open(self.log, "a") as handle:  # the server's own messages, Ray's among them
+            self.process = subprocess.Popen([sys.executable, str(SCENARIOS), "serve"], cwd=REPO, text=True,
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=handle,
+                                            env={**os.environ, "PYTHONPATH": str(REPO)})
+        self.up = False
+
+    def answer(self, timeout: float) -> dict:
+        """The server's next `RESULT` line; fails if it ends or says nothing for `timeout` s."""
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not line.startswith("RESULT "):
+            self.stop(busy=True)  # silent or gone: the next scenario starts a new one
+            pytest.fail(f"the scenario server {'ended' if ready else f'said nothing for {timeout} s'}: "
+                        f"{line}\n{self.log.read_text(errors='replace')[-6000:]}")
+        return json.loads(line[len("RESULT "):])
+
+    def run(self, name: str, args: dict, timeout: float = 900) -> dict:
+        """Run one scenario on the cluster; its JSON result."""
+        if self.process is None:
+            self.start()
+        if not self.up:
+            print("scenario cluster up in", self.answer(timeout)["ready"], "s")
+            self.up = True
+        self.process.stdin.write(json.dumps({"scenario": name, "args": args}) + "\n")
+        self.process.stdin.flush()
+        answer = self.answer(timeout)
+        assert "error" not in answer, answer["error"]
+        return answer["result"]
+
+    def stop(self, busy: bool = False) -> None:
+        """End the server, which shuts its cluster down: once stdin closes, or on SIGTERM when
+        it is `busy` with a scenario that hangs."""
+        if self.process is not None:
+            self.process.stdin.close()
+            if busy:
+                self.process.terminate()
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def scenarios(s3_endpoint, tmp_path_factory):
+    """The scenario server, its cluster shared by every scenario of the module."""
+    server = ScenarioServer(tmp_path_factory.mktemp("scenarios") / "server.log")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -101,7 +158,7 @@ def final_checkpoint(run_id: str) -> dict:
     return load_checkpoint(read_bytes(fs, f"{root}/{CHECKPOINT_FILE}"))
 
 
-def test_training_survives_the_loss_of_a_node(s3_store, ray_session, tmp_path):
+def test_training_survives_the_loss_of_a_node(scenarios, s3_store, ray_session, tmp_path):
     """2 workers on 2 nodes (STRICT_SPREAD). Once MLflow shows the step of the first
     checkpoint (so Ray Train has registered it), the node of one worker is removed; once
     Ray Train has seen the failure, a new node joins (a STRICT_SPREAD group of 2 needs 2
@@ -110,7 +167,7 @@ def test_training_survives_the_loss_of_a_node(s3_store, ray_session, tmp_path):
     run_name = unique("nodes")
     argv = train_argv(s3_store, run_name, f"s3://{BUCKET}/node-loss/checkpoints", "--placement-strategy",
                       "STRICT_SPREAD", "--max-failures", "1", "--model-name", "crn-node-loss")
-    result = scenario("train", {"argv": argv, "log": str(tmp_path / "train.log")})
+    result = scenarios.run("train", {"argv": argv, "log": str(tmp_path / "train.log")})
     print("training scenario:", result["timeline"])
     assert result["exit_code"] == 0, result["output"]
 
@@ -183,7 +240,7 @@ def s3_files(uri: str) -> dict[str, bytes]:
     return {i.path[len(root) + 1:]: read_bytes(fs, i.path) for i in infos if i.type == pafs.FileType.File}
 
 
-def test_synthesis_survives_the_loss_of_a_node(s3_labels, ray_session, tmp_path):
+def test_synthesis_survives_the_loss_of_a_node(scenarios, s3_labels, ray_session, tmp_path):
     """A pool of 2 CPU actors of 2 threads, one per node, crn-mid (128x256, about half a
     second a map) over 24 label maps on S3, one map per batch, images to S3. Once both
     actors are alive and images arrive, one node is removed for good. The job (or its
@@ -194,8 +251,8 @@ def test_synthesis_survives_the_loss_of_a_node(s3_labels, ray_session, tmp_path)
     common = ["--model", str(model), "--labels", s3_labels, "--batch-size", "1", "--threads-per-actor", "2",
               "--seed", "7", "--experiment", EXPERIMENT]
     output = f"s3://{BUCKET}/node-loss/synth-{uuid.uuid4().hex[:8]}"
-    result = scenario("synthesize", {"argv": [*common, "--num-actors", "2", "--output", output],
-                                     "log": str(tmp_path / "synth.log")})
+    result = scenarios.run("synthesize", {"argv": [*common, "--num-actors", "2", "--output", output],
+                                          "log": str(tmp_path / "synth.log")})
     print("synthesis scenario:", result["timeline"], "exit codes", result["exit_codes"],
           "images at removal", len(result["images_at_removal"]))
     assert result["exit_codes"][-1] == 0, result["outputs"][-1]
@@ -223,7 +280,8 @@ def test_synthesis_survives_the_loss_of_a_node(s3_labels, ray_session, tmp_path)
 # ---------------------------------------------------------------- preprocessing
 
 
-def test_preprocessing_on_two_nodes_makes_the_store_one_node_makes(toy_source, s3_endpoint, ray_session, tmp_path):
+def test_preprocessing_on_two_nodes_makes_the_store_one_node_makes(scenarios, toy_source, s3_endpoint, ray_session,
+                                                                   tmp_path):
     """The toy data set from S3 into a store on S3, 2 samples a part (so 6 parts, 6 tasks),
     once on a cluster of 2 nodes and once on the session's one-node Ray: the same manifest
     (but for its time and destination) and the same parts, byte for byte."""
@@ -236,7 +294,7 @@ def test_preprocessing_on_two_nodes_makes_the_store_one_node_makes(toy_source, s
     common = ["--source", f"s3://{BUCKET}/{prefix}/toy", "--resolutions", "8x16,32x64", "--rows-per-file", "2",
               "--experiment", EXPERIMENT]
     spread, single = f"s3://{BUCKET}/{prefix}/two-nodes", f"s3://{BUCKET}/{prefix}/one-node"
-    result = scenario("preprocess", {"argv": [*common, "--out", spread], "log": str(tmp_path / "preprocess.log")})
+    result = scenarios.run("preprocess", {"argv": [*common, "--out", spread], "log": str(tmp_path / "preprocess.log")})
     print("preprocessing scenario:", result["timeline"])
     assert result["exit_code"] == 0, result["output"]
     finished = [t for t in result["tasks"] if t["state"] == "FINISHED"]

@@ -99,9 +99,13 @@ class Synthesized:
         }
 
 
-def _drop_samples(batch: dict[str, np.ndarray], skip: set[str]) -> dict[str, np.ndarray]:
-    keep = np.asarray([str(s) not in skip for s in batch["sample_id"]], dtype=bool)
-    return {name: column[keep] for name, column in batch.items()}
+def _drop_samples(batch, skip: list[str]):
+    """The batch (a pyarrow table, so its tensor columns keep their type, even when every row
+    goes) without the samples in `skip`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.invert(pc.is_in(batch.column("sample_id"), value_set=pa.array(skip, pa.string()))))
 
 
 def actor_pool_size(config: SynthesizeConfig) -> int:
@@ -145,7 +149,7 @@ def synthesize(plan: SynthesisPlan, fs, root: str, num_actors: int) -> Synthesiz
 
     dataset = plan.input.build_dataset()
     if complete:
-        dataset = dataset.map_batches(_drop_samples, fn_kwargs={"skip": complete}, batch_format="numpy")
+        dataset = dataset.map_batches(_drop_samples, fn_kwargs={"skip": sorted(complete)}, batch_format="pyarrow")
     if config.limit:
         dataset = dataset.limit(config.limit)
     # Blocks of one batch each: a store part can hold thousands of rows, and one block goes

@@ -88,7 +88,8 @@ class TrainConfig(TrainingConfig):
     progressive: bool = option(False, "run the recipe's whole chain of stages up to --preset (crn-256p, crn-512p, "
                                       "crn-1024p), each from the one below, each registered; re-running resumes")
     # --- images and tracking (workers and the run: pipeline.trainer.TrainingConfig) ---
-    image_every: int = option(500, "steps between label | outputs | photo grids; 0 = none", check=non_negative)
+    image_every: int = option(500, "steps between label | outputs | photo grids (and one at the last step); 0 = none",
+                              check=non_negative)
     experiment: str = experiment_option("crn-train")
     model_name: str = option(AUTO, "registered model name; auto = crn-<dataset>-<HxW>")
     alias: str = option("candidate", "alias the new registered version gets")
