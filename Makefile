@@ -11,18 +11,28 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
+# uv (from PyPI) installs what pip would, pip's upgrade included, downloading and unpacking in
+# parallel and byte-compiling on every core: in a fresh clone on the 2-core machine, at rest,
+# 44 s against 127 s for pip (which unpacks and compiles the 6.7 GB one file at a time).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet uv
+	$(PY) -m uv pip install --quiet --python $(PY) --compile-bytecode --upgrade-package pip pip -e '.[test]'
 	touch $(STAMP)
 
+# Two pytest processes (pytest-xdist), each with its own session (Ray, S3, MLflow store, toy
+# data) and whole modules at a time, the slow ones first (tests/conftest.py): much of the suite
+# waits on process start-up and Ray, so the 2 cores are busier than with one process.
+# TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # Everything but the tests marked slow (the local stack, a worker lost mid-run): for quick feedback.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m jobs.demo $(DEMO_ARGS)

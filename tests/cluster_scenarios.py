@@ -74,7 +74,12 @@ class TestCluster:
             self.add()
 
     def add(self):
-        node = self.cluster.add_node(num_cpus=self.node_cpus, node_ip_address="127.0.0.1")
+        # Each node its own temporary folder, as on its own machine: Ray Train's workers fetch a
+        # checkpoint into tempfile's folder, and two on one folder race each other (one saw the
+        # other's copy vanish: "Checkpoint directory ... does not exist").
+        scratch = tempfile.mkdtemp(prefix="node-", dir=self.tmp)
+        node = self.cluster.add_node(num_cpus=self.node_cpus, node_ip_address="127.0.0.1",
+                                     env_vars={"TMPDIR": scratch})
         self.cluster.wait_for_nodes()
         self.nodes.append(node)
         return node

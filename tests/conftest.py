@@ -142,3 +142,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """Modules with a test marked slow run first, the rest after them in their order (each
+    module's tests keep theirs): `make test`'s two workers (pytest-xdist, whole modules each,
+    in this order) then start on the longest and share out the short ones at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

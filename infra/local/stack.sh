@@ -71,12 +71,15 @@ ray_jobs_answer() {  # the job server accepts our token (clients need the mode s
     "$VENV_BIN/ray" job list --address "http://127.0.0.1:$DASHBOARD_PORT"
 }
 
-free_ports() {  # free_ports N: N loopback ports free right now
-  "$VENV_BIN/python" - "$1" <<'PY'
+free_ports() {  # free_ports N: N loopback ports free right now, none of the stack's own ports
+  "$VENV_BIN/python" - "$1" "$S3_PORT" "$MLFLOW_PORT" "$RAY_PORT" "$DASHBOARD_PORT" <<'PY'
 import socket, sys
-sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in sockets:
+taken, sockets = set(sys.argv[2:]), []
+while len(sockets) < int(sys.argv[1]):  # S3 and MLflow may still be starting: not bound yet
+    s = socket.socket()
     s.bind(("127.0.0.1", 0))
+    if str(s.getsockname()[1]) not in taken:
+        sockets.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in sockets))
 PY
 }
