@@ -12,6 +12,7 @@ number of actors and any batch split give the same totals.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -73,19 +74,22 @@ class ScoringInputs:
         return self._features(images)
 
 
-class Metric:
-    """One score of the evaluation (module docstring); subclasses set `name` and the four methods."""
+class Metric(ABC):
+    """One score of the evaluation (module docstring); subclasses set `name` and the three methods."""
 
     name: str = ""
 
     def __init__(self, settings: MetricSettings):
         self.settings = settings
 
+    @abstractmethod
     def update(self, inputs: ScoringInputs) -> None:
-        raise NotImplementedError
+        """Add a batch (in the scoring actor)."""
 
+    @abstractmethod
     def merge(self, other: Any) -> None:
-        raise NotImplementedError
+        """Add another accumulator of the same metric (on the driver)."""
 
+    @abstractmethod
     def compute(self) -> MetricResult:
-        raise NotImplementedError
+        """The metric's values over everything added."""
