@@ -87,6 +87,12 @@ def choose_vgg_weights(requested: str) -> str:
     return "random"
 
 
+def progress_line_every(steps: int) -> int:
+    """Steps between a training's progress lines: about ten lines a training (MLflow still gets
+    every step's losses)."""
+    return max(1, steps // 10)
+
+
 class StageClock:
     """Seconds spent in each stage, in order."""
 
@@ -146,7 +152,7 @@ def run(config: DemoConfig) -> dict:
     segmenter = segmenter_job.run(SegmenterTrainConfig(  # resolved by the job (pipeline.segmenter.config.resolve)
         store=str(store), resolution=Resolution.parse(resolution), steps=config.segmenter_steps,
         num_workers=config.num_workers, threads_per_worker=config.threads_per_worker, storage_path=storage,
-        experiment=DEMO_EXPERIMENT))
+        experiment=DEMO_EXPERIMENT, log_every=progress_line_every(config.segmenter_steps)))
 
     clock.stage("train", f"training {config.preset} (K={config.num_outputs}) for {config.steps} steps (Ray Train, "
                          f"{config.num_workers} worker(s))")
@@ -154,7 +160,7 @@ def run(config: DemoConfig) -> dict:
         store=str(store), preset=config.preset, num_outputs=config.num_outputs, steps=config.steps, lr=config.lr,
         num_workers=config.num_workers, threads_per_worker=config.threads_per_worker, vgg_weights=vgg,
         experiment=DEMO_EXPERIMENT, model_name=model_name, storage_path=storage, checkpoint_every=250,
-        image_every=250))
+        image_every=250, log_every=progress_line_every(config.steps)))
 
     version_uri = f"models:/{model_name}/{trained.model_version}"
     clock.stage("evaluate", f"evaluating {version_uri} on the validation split, then the registry gate")
