@@ -29,12 +29,14 @@ class Resolution(NamedTuple):
         return self
 
     @classmethod
-    def parse(cls, text: str) -> "Resolution":
-        """"64x128" -> Resolution(64, 128), checked; one-line ValueError otherwise."""
+    def parse(cls, text: str, crn_size: bool = True) -> "Resolution":
+        """"64x128" -> Resolution(64, 128), checked to be a size the CRN takes unless `crn_size`
+        is False (an image size elsewhere); one-line ValueError otherwise."""
         parts = str(text).strip().lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
             raise ValueError(f"resolution '{text}' is not written HxW, e.g. 64x128")
-        return cls(int(parts[0]), int(parts[1])).checked()
+        size = cls(int(parts[0]), int(parts[1]))
+        return size.checked() if crn_size else size
 
 
 def parse_resolutions(text: str) -> tuple[Resolution, ...]:

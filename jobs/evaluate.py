@@ -3,13 +3,15 @@
     python jobs/evaluate.py --model models:/crn-toy-64x128/3 --store work/demo/store --split val \
         --segmenter models:/seg-toy-source-64x128@current --promote
     ray job submit -- python jobs/evaluate.py --model models:/crn-cityscapes-256x512/7 \
-        --store s3://bucket/cityscapes --segmenter s3://bucket/drn-d-105.pt --segmenter-classes classes.json \
-        --fid-weights /data/pt_inception-2015-12-05-6726825d.pth --promote
-    python jobs/evaluate.py ... --dry-run          # the plan and the protocol id, nothing computed
+        --store s3://bucket/cityscapes --segmenter drn-d-105:/data/drn-d-105_ms_cityscapes.pth \
+        --protocols cityscapes-upsampled,native --fid-weights /data/pt_inception-2015-12-05-6726825d.pth --promote
+    python jobs/evaluate.py --oracle --store work/cityscapes --segmenter drn-d-105:... --resolution 256x512
+    python jobs/evaluate.py ... --dry-run          # the plan and its protocol ids, nothing computed
 
 The job is pipeline.evaluation.job: segmentation scores of the synthesized images and of the
-real photos, FID (with Inception weights), diversity; one MLflow run; the scores as tags on
-the model version; `--promote` moves @champion only if the version beats it under the same
+real photos under each named convention, FID (with Inception weights), diversity; one MLflow
+run; the scores as tags on the model version; the published Cityscapes rows printed beside a
+matching protocol; `--promote` moves @champion only if the version beats it under the same
 protocol.
 """
 from __future__ import annotations

@@ -47,7 +47,7 @@ def test_short_demo_writes_a_summary_with_every_key(tmp_path):
     assert str(client.get_model_version_by_alias(name, "champion").version) == version
     assert client.get_model_version(name, version).tags["crn.eval.protocol"] == summary["protocol_id"]
     gallery = (summaries[0].parent / "gallery.html").read_text()
-    assert f"scores (protocol {summary['protocol_id']})" in gallery and f"miou {metrics['miou']:.4g}" in gallery
+    assert f"scores (native, protocol {summary['protocol_id']})" in gallery and f"miou {metrics['miou']:.4g}" in gallery
     # The segmenter is a registered model too.
     seg_name, seg_version = summary["segmenter"].removeprefix("models:/").split("/")
     assert client.get_model_version(seg_name, seg_version).status == "READY"

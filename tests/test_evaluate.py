@@ -64,7 +64,8 @@ def inputs(toy_store, ray_session, tmp_path_factory):
 
 def argv(inputs, *extra: str) -> list[str]:
     return ["--model", inputs["uri"], "--store", inputs["store"], "--split", SPLIT, "--segmenter",
-            str(inputs["segmenter"]), "--fid-weights", str(inputs["inception"]), "--experiment", EXPERIMENT,
+            str(inputs["segmenter"]), "--fid-backend", "torchmetrics", "--fid-weights", str(inputs["inception"]),
+            "--experiment", EXPERIMENT,
             "--synthesized", str(inputs["folder"] / "synthesized"), *extra]
 
 
@@ -117,14 +118,15 @@ def test_scores_equal_a_direct_computation(inputs, evaluated):
 def test_mlflow_run_registry_tags_and_record(inputs, evaluated):
     client = MlflowClient()
     run_data = client.get_run(evaluated.run_id).data
-    assert run_data.metrics["miou"] == pytest.approx(evaluated.metrics["miou"])
+    assert run_data.metrics["native/miou"] == pytest.approx(evaluated.metrics["miou"])  # per convention
+    assert "miou" not in run_data.metrics and "native/fid" not in run_data.metrics  # FID is not, and logged once
     assert run_data.metrics["fid"] == pytest.approx(evaluated.metrics["fid"])
     assert run_data.tags["crn.protocol_id"] == evaluated.protocol_id
-    assert run_data.params["protocol.split"] == SPLIT and run_data.params["protocol.num_samples"] == "4"
+    assert run_data.params["native.split"] == SPLIT and run_data.params["native.num_samples"] == "4"
     artifacts = {a.path for a in client.list_artifacts(evaluated.run_id)}
-    assert {"per_class.json", "grid.png", "evaluation.json"} <= artifacts
+    assert {"per_class", "grid.png", "evaluations"} <= artifacts
     table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=evaluated.run_id,
-                                                                 artifact_path="per_class.json")).read())
+                                                                 artifact_path="per_class/native.json")).read())
     assert table["columns"][:3] == ["class", "iou_synthesized", "iou_real"] and len(table["data"]) == 19
     # The version carries the scores and the protocol id, and links to the run.
     tags = client.get_model_version(MODEL_NAME, inputs["version"]).tags
@@ -135,6 +137,8 @@ def test_mlflow_run_registry_tags_and_record(inputs, evaluated):
     # The record beside the images, which the gallery lists.
     record = json.loads(open(evaluated.record_uri).read())
     assert record["protocol_id"] == evaluated.protocol_id and record["metrics"] == evaluated.metrics
+    assert record == json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=evaluated.run_id, artifact_path=f"evaluations/{evaluated.protocol_id}.json")).read())
     assert record["protocol"]["segmenter_sha256"] == record["segmenter"]["sha256"]
 
 
@@ -197,5 +201,32 @@ def test_dry_run_prints_the_plan_and_its_protocol(inputs, evaluated, capsys):
 
     assert main(argv(inputs, "--dry-run")) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["protocol.id"] == evaluated.protocol_id  # the same inputs: the same protocol, nothing computed
-    assert plan["protocol.fid_weights_sha256"] and plan["segmenter.sha256"] == plan["protocol.segmenter_sha256"]
+    assert plan["native.protocol_id"] == evaluated.protocol_id  # the same inputs: the same protocol, nothing computed
+    assert plan["native.fid_weights_sha256"] and plan["segmenter.sha256"] == plan["native.segmenter_sha256"]
+    assert plan["native.fid_backend"] == "torchmetrics" and plan["native.scales"] == [1.0]
+
+
+def test_a_convention_whose_size_the_store_lacks_compares_with_labels_enlarged_by_nearest_neighbour(
+        inputs, evaluated, monkeypatch):
+    """32x64 images shown to the segmenter at 128x256, a size the toy store does not hold: the
+    readings are compared with the 32x64 label maps enlarged x4 by nearest neighbour."""
+    from pipeline.evaluation import conventions
+
+    monkeypatch.setitem(conventions.CONVENTIONS, "wide", conventions.Convention("wide", "x4", segment_at="128x256"))
+    outcome = run(parse_evaluate_config(argv(inputs, "--protocols", "native,wide", "--fid-weights", "none")))
+    assert outcome.reused_images and outcome.protocols["native"].protocol_id != outcome.protocols["wide"].protocol_id
+    record = json.loads(open(outcome.protocols["wide"].record_uri).read())
+    assert record["protocol"]["scored_at"] == "128x256" and record["protocol"]["labels"] == "nearest"
+
+    expected = direct_scores(inputs)
+    labels = decode_labels(expected["table"].column(label_column(RESOLUTION)), RESOLUTION)
+    images = expected["images"]
+    enlarged = torch.nn.functional.interpolate(
+        torch.from_numpy(images.reshape(-1, *images.shape[2:])).permute(0, 3, 1, 2).float() / 255.0,
+        size=(128, 256), mode="bilinear", align_corners=False)
+    segmenter = Segmenter(inputs["segmenter"].read_bytes(), 19)
+    predictions = segmenter.module(enlarged).argmax(dim=1).numpy().reshape(len(images), 2, 128, 256)
+    wide_labels = np.repeat(labels.repeat(4, axis=1).repeat(4, axis=2)[:, None], 2, axis=1)
+    scores = segmentation_scores(confusion_matrix(wide_labels, predictions, 19))
+    assert outcome.protocols["wide"].metrics["miou"] == pytest.approx(scores.miou, rel=1e-12)
+    assert outcome.protocols["native"].metrics["miou"] == evaluated.metrics["miou"]

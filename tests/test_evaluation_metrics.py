@@ -198,8 +198,8 @@ def test_torchmetrics_fid_runs_end_to_end_from_a_weights_file(random_inception_w
     metric.update(torch.from_numpy(fake).permute(0, 3, 1, 2), real=False)
     expected = float(metric.compute())
     # The evaluation's split: features where the images are, the distance on the driver.
-    features = InceptionFeatures(random_inception_weights)
-    got = fid_from_features(features(real, batch_size=1), features(fake, batch_size=2))
+    features = InceptionFeatures(random_inception_weights, "torchmetrics")
+    got = fid_from_features(features(real, batch_size=1), features(fake, batch_size=2), backend="torchmetrics")
     assert np.isfinite(expected) and expected > 0
     assert got == pytest.approx(expected, rel=1e-4)
 
@@ -219,12 +219,17 @@ def test_without_inception_weights_fid_is_not_computed_and_says_why(tmp_path, mo
 
 
 def test_protocol_id_changes_with_every_part_and_not_with_sample_order():
-    base = dict(segmenter_sha256="a" * 64, schema_fingerprint="f", resolution="64x128", split="val",
-                sample_ids_sha256=sample_ids_digest(["x", "y"]), num_samples=2, fid_weights_sha256=None)
+    base = dict(convention="native", segmenter="torchscript", segmenter_sha256="a" * 64, schema_fingerprint="f",
+                resolution="64x128", scored_at="64x128", labels="store", scales=(1.0,), split="val",
+                sample_ids_sha256=sample_ids_digest(["x", "y"]), num_samples=2, fid_backend=None,
+                fid_weights_sha256=None)
     protocol = Protocol(**base)
     assert Protocol(**{**base, "sample_ids_sha256": sample_ids_digest(["y", "x"])}).id == protocol.id
-    changed = {"segmenter_sha256": "b" * 64, "schema_fingerprint": "g", "resolution": "32x64", "split": "test",
-               "sample_ids_sha256": sample_ids_digest(["x", "z"]), "num_samples": 3, "fid_weights_sha256": "c" * 64}
+    changed = {"convention": "native-ms", "segmenter": "drn-d-105", "segmenter_sha256": "b" * 64,
+               "schema_fingerprint": "g", "resolution": "32x64", "scored_at": "256x512", "labels": "nearest",
+               "scales": (1.0, 0.5), "split": "test", "sample_ids_sha256": sample_ids_digest(["x", "z"]),
+               "num_samples": 3, "fid_backend": "pytorch-fid", "fid_weights_sha256": "c" * 64}
+    assert set(changed) == set(base)  # every field changes the id
     for key, value in changed.items():
         assert Protocol(**{**base, key: value}).id != protocol.id, key
     assert len(protocol.id) == 16

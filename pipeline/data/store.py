@@ -238,8 +238,11 @@ class Store:
             return arrow_schema(self.resolutions).empty_table().select(columns)
         return pa.concat_tables(tables).replace_schema_metadata(None)  # drop the parts' own summaries
 
-    def dataset(self, split: str, resolution: str | Resolution):
+    def dataset(self, split: str, resolution: str | Resolution, extra_labels: Sequence[str] = ()):
         """A Ray Dataset of {"sample_id": str, "label": uint8[H,W], "photo": uint8[H,W,3]}.
+
+        `extra_labels`: further resolutions whose label maps come along, as
+        `label_<HxW>` (the evaluation compares segmenter readings at other sizes).
 
         `photo` is left out for label-only stores. Rows come in file order (part by part,
         sorted by sample id) when the DataContext preserves order. torch cannot batch the
@@ -251,13 +254,14 @@ class Store:
         import ray.data
 
         text = self.resolution(resolution)
+        extra = [self.resolution(r) for r in extra_labels if str(r) != text]
         files = self.files(split)
         if not files:
             raise StoreError(f"store {self.uri}: split '{split}' has no samples")
         with _classic_parquet_reader():
             ds = ray.data.read_parquet(
                 files,
-                columns=self.columns(text),
+                columns=self.columns(text) + [label_column(r) for r in extra],
                 filesystem=self.filesystem,
                 # No pre-buffering: it merges byte ranges less than 8 KiB apart, which
                 # would pull small neighbouring columns (other resolutions) into the read.
@@ -267,7 +271,7 @@ class Store:
             )
         return ds.map_batches(
             decode_batch,
-            fn_kwargs={"resolution": text, "with_photos": self.has_photos},
+            fn_kwargs={"resolution": text, "with_photos": self.has_photos, "extra_labels": extra},
             batch_format="pyarrow",
             zero_copy_batch=True,
         )
@@ -334,13 +338,17 @@ def decode_photos(column, resolution: str) -> np.ndarray:
     return decode_column(column, (height, width, 3))
 
 
-def decode_batch(batch: pa.Table, resolution: str, with_photos: bool) -> dict[str, np.ndarray]:
-    """Ray Data batch of one resolution's columns -> decoded numpy arrays (copies)."""
+def decode_batch(batch: pa.Table, resolution: str, with_photos: bool,
+                 extra_labels: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Ray Data batch of one resolution's columns -> decoded numpy arrays (copies); label maps of
+    `extra_labels` resolutions under their column names."""
     out = {
         "sample_id": np.asarray(batch.column("sample_id").to_pylist(), dtype=object),
         "label": decode_labels(batch.column(label_column(resolution)), resolution).copy(),
     }
     if with_photos:
         out["photo"] = decode_photos(batch.column(photo_column(resolution)), resolution).copy()
+    for extra in extra_labels:
+        out[label_column(extra)] = decode_labels(batch.column(label_column(extra)), extra).copy()
     return out
 

@@ -1,12 +1,13 @@
 """The evaluation's record: `evaluations/<protocol id>.json` beside the synthesized images.
 
-    {"format": "crn-evaluation/1", "protocol_id", "protocol", "model": {uri, name, version, sha256},
-     "segmenter": {uri, version, sha256}, "metrics": {name: value}, "notes": {metric: why no value},
+    {"format": "crn-evaluation/2", "protocol_id", "protocol", "convention",
+     "model": {uri, name, version, sha256} (null for the oracle: the real photos were scored),
+     "segmenter": {uri, kind, version, sha256}, "metrics": {name: value}, "notes": {metric: why no value},
      "per_class": [{"class", <each metric's per-class columns>}], "mlflow_run_id"}
 
-The same JSON goes into the MLflow run as `evaluation.json`. This module writes and reads
-the files; the synthesis gallery lists what `read_records` finds, so the page shows every
-evaluation of its images.
+One record per protocol the evaluation scored; the same JSON goes into the MLflow run as
+`evaluations/<protocol id>.json`. This module writes and reads the files; the synthesis
+gallery lists what `read_records` finds, so the page shows every evaluation of its images.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pyarrow.fs as pafs
 from pipeline.evaluation.metrics import MetricResult
 from pipeline.fs import filesystem_for, join, read_bytes, uri_join, write_bytes_atomically
 
-EVALUATION_FORMAT = "crn-evaluation/1"
+EVALUATION_FORMAT = "crn-evaluation/2"
 EVALUATIONS_DIR = "evaluations"  # inside the synthesis output folder
 
 
@@ -27,19 +28,22 @@ def per_class_rows(class_names: list[str], result: MetricResult) -> list[dict]:
             for c, name in enumerate(class_names)]
 
 
-def evaluation_record(plan, result: MetricResult, run_id: str) -> dict:
-    """The record of an evaluation (pipeline.evaluation.plan.EvaluationPlan) with its results."""
-    schema = plan.model.schema
+def evaluation_record(plan, scored, result: MetricResult, run_id: str) -> dict:
+    """The record of one protocol (`scored`, a pipeline.evaluation.plan.ScoredProtocol) of an
+    evaluation (pipeline.evaluation.plan.EvaluationPlan), with its results."""
+    model = plan.model
     return {
         "format": EVALUATION_FORMAT,
-        "protocol_id": plan.protocol.id,
-        "protocol": plan.protocol.to_dict(),
-        "model": {"uri": plan.config.model, "name": plan.model.name, "version": plan.model.version,
-                  "sha256": plan.model.sha256},
-        "segmenter": {"uri": plan.segmenter.uri, "version": plan.segmenter.version, "sha256": plan.segmenter.sha256},
+        "protocol_id": scored.protocol.id,
+        "protocol": scored.protocol.to_dict(),
+        "convention": scored.name,
+        "model": model and {"uri": plan.config.model, "name": model.name, "version": model.version,
+                            "sha256": model.sha256},
+        "segmenter": {"uri": plan.segmenter.uri, "kind": plan.segmenter.kind, "version": plan.segmenter.version,
+                      "sha256": plan.segmenter.sha256},
         "metrics": result.values,
         "notes": {name: note for name, note in result.notes.items() if note},
-        "per_class": per_class_rows(schema.scored_class_names, result),
+        "per_class": per_class_rows(plan.schema.scored_class_names, result),
         "mlflow_run_id": run_id,
     }
 

@@ -70,7 +70,7 @@ def evaluation_details(fs, root: str) -> dict[str, str]:
     evaluation job left in `<output>/evaluations/` (pipeline.evaluation.records)."""
     from pipeline.evaluation.records import format_metrics, read_records
 
-    return {f"scores (protocol {record['protocol_id']})":
+    return {f"scores ({record.get('convention', '?')}, protocol {record['protocol_id']})":
             f"{format_metrics(record.get('metrics', {}), record.get('notes', {}))}; segmenter "
             f"{record.get('segmenter', {}).get('uri', '?')}; split {record.get('protocol', {}).get('split', '?')}"
             for record in read_records(fs, root)}

@@ -27,6 +27,7 @@ class MetricSettings:
     num_scored_classes: int  # classes a segmenter predicts: the schema's without void
     fid: bool  # Inception weights are at hand (pipeline.evaluation.metrics.fid)
     fid_note: str = ""  # why not, when they are not
+    fid_backend: str = "pytorch-fid"  # whose FID (pipeline.evaluation.fid_backends): the libraries' numbers differ
 
 
 @dataclass
@@ -38,7 +39,10 @@ class MetricResult:
 
 class ScoringInputs:
     """One batch as the metrics see it: uint8 label maps [B, H, W], photos [B, H, W, 3] and the
-    K synthesized variants [B, K, H, W, 3], plus the networks' outputs, computed on first use."""
+    K synthesized variants [B, K, H, W, 3], plus the networks' outputs, computed on first use.
+
+    A per-convention metric gets the convention's label maps and segmenter readings, which
+    may be larger than the images (pipeline.evaluation.conventions); both have one size."""
 
     def __init__(self, labels: np.ndarray, photos: np.ndarray, variants: np.ndarray, sample_ids: list[str],
                  segment: Callable[[np.ndarray], np.ndarray], features: Callable[[np.ndarray], np.ndarray] | None):
@@ -50,13 +54,14 @@ class ScoringInputs:
 
     @cached_property
     def predictions_real(self) -> np.ndarray:
-        """The segmenter's class-index maps of the real photos, uint8 [B, H, W]."""
+        """The segmenter's class-index maps of the real photos, uint8 [B, h, w] (the labels' size)."""
         return self._segment(self.photos)
 
     @cached_property
     def predictions_synthesized(self) -> np.ndarray:
-        """The segmenter's maps of every variant, uint8 [B, K, H, W]."""
-        return self._segment(self._flat_variants()).reshape(self.variants.shape[:4])
+        """The segmenter's maps of every variant, uint8 [B, K, h, w]."""
+        predictions = self._segment(self._flat_variants())  # at the convention's size, maybe not the images'
+        return predictions.reshape(*self.variants.shape[:2], *predictions.shape[1:])
 
     @cached_property
     def features_real(self) -> np.ndarray:
@@ -75,9 +80,16 @@ class ScoringInputs:
 
 
 class Metric(ABC):
-    """One score of the evaluation (module docstring); subclasses set `name` and the three methods."""
+    """One score of the evaluation (module docstring); subclasses set `name` and the three methods.
+
+    `per_convention`: the metric reads the segmenter's output, so it is scored once per
+    convention (pipeline.evaluation.conventions), with that convention's predictions and
+    labels; the others (FID, diversity) are scored once per evaluation and shared by every
+    protocol.
+    """
 
     name: str = ""
+    per_convention: bool = False
 
     def __init__(self, settings: MetricSettings):
         self.settings = settings

@@ -1,103 +1,53 @@
-"""Fréchet Inception Distance through torchmetrics, with Inception weights from a local file.
+"""Fréchet Inception Distance over the evaluation, computed the way a chosen library computes it.
 
-    FID = |mu_r - mu_s|^2 + Tr(S_r + S_s - 2 (S_r S_s)^(1/2))
+The backends (pytorch-fid by default, as published Cityscapes FIDs were computed; torch-fidelity;
+torchmetrics) and the Inception weights file live in pipeline.evaluation.fid_backends. Nothing
+is downloaded: without the file FID is not computed, and the evaluation says so in one line
+instead of printing a number.
 
-over the 2048 pool features of the Inception network of the FID paper (torch-fidelity's port,
-`pt_inception-2015-12-05-6726825d.pth`), which torchmetrics' `FrechetInceptionDistance`
-uses. Nothing is downloaded: the weights come from a file, by default where torch-fidelity
-would have cached it (`<torch hub dir>/checkpoints/`); without the file FID is not
-computed, and the evaluation says so in one line instead of printing a number.
-
-The work is split the way Ray Data runs it: `InceptionFeatures` (torchmetrics' own extractor,
-`FrechetInceptionDistance(...).inception`) turns images into features inside the evaluation
-actors, and `fid_from_features` feeds the gathered features to a `FrechetInceptionDistance`
-whose feature extractor passes them through, so that torchmetrics computes the means,
-covariances and the distance itself.
+The work is split the way Ray Data runs it: `InceptionFeatures` (the backend's own network)
+turns images into features inside the evaluation actors, and `FIDMetric` gathers them by sample
+id and hands them to the backend's distance on the driver, so the number does not depend on how
+the samples were split into batches or actors.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
-import torch
 
+from pipeline.evaluation.fid_backends import (DEFAULT_FID_BACKEND, FID_BACKENDS, FID_FEATURES, fid_backend,
+                                              find_inception_weights)
 from pipeline.evaluation.metrics.base import Metric, MetricResult, MetricSettings, ScoringInputs
-from pipeline.options import AUTO
 
-FID_FEATURES = 2048  # the pool3 features of the FID paper
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's name for the weights
-
-
-def default_inception_path() -> Path:
-    """Where torch-fidelity (through torch.hub) keeps the FID Inception weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-
-
-def find_inception_weights(requested: str) -> tuple[Path | None, str]:
-    """(weights file or None, reason when None) for `--fid-weights auto|none|<file>`.
-
-    A named file that does not exist is the user's mistake (ValueError); a missing file
-    under `auto` only means no FID.
-    """
-    if requested == "none":
-        return None, "FID not computed: --fid-weights none"
-    if requested == AUTO:
-        path = default_inception_path()
-        if path.is_file():
-            return path, ""
-        return None, (f"FID not computed: no Inception weights at {path} (torch-fidelity's {INCEPTION_FILE}; "
-                      "put the file there or pass --fid-weights FILE; nothing is downloaded)")
-    path = Path(requested).expanduser()
-    if not path.is_file():
-        raise ValueError(f"no such file {requested}")
-    return path.resolve(), ""
+# The backends' names are re-exported: the evaluation's config and planner import them from here.
+__all__ = ["DEFAULT_FID_BACKEND", "FID_BACKENDS", "FID_FEATURES", "FIDMetric", "InceptionFeatures", "fid_from_features",
+           "find_inception_weights"]
 
 
 class InceptionFeatures:
-    """uint8 RGB images [N, H, W, 3] -> float64 features [N, 2048], torchmetrics' extractor."""
+    """uint8 RGB images [N, H, W, 3] -> float64 features [N, 2048], the backend's network."""
 
-    def __init__(self, weights_path: str | os.PathLike):
-        from torchmetrics.image.fid import FrechetInceptionDistance
+    def __init__(self, weights_path: str | os.PathLike, backend: str = DEFAULT_FID_BACKEND):
+        self.backend = fid_backend(backend)
+        self.network = self.backend.load(weights_path)
 
-        self.network = FrechetInceptionDistance(feature=FID_FEATURES, feature_extractor_weights_path=str(weights_path)).inception
-
-    @torch.no_grad()
     def __call__(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        images = np.asarray(images, dtype=np.uint8)
-        features = [self.network(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2))
-                    for i in range(0, len(images), batch_size)]
-        return torch.cat(features).double().numpy() if features else np.zeros((0, FID_FEATURES))
+        return self.backend.features(self.network, images, batch_size)
 
 
-class _GivenFeatures(torch.nn.Module):
-    """The "feature extractor" of a FrechetInceptionDistance fed with features already computed."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
-def fid_from_features(real: np.ndarray, synthesized: np.ndarray) -> float:
-    """FID between two sets of features [N, D] (N >= 2 each), computed by torchmetrics."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
+def fid_from_features(real: np.ndarray, synthesized: np.ndarray, backend: str = DEFAULT_FID_BACKEND) -> float:
+    """FID between two sets of features [N, D] (N >= 2 each), computed by the backend's library."""
     real, synthesized = np.asarray(real, dtype=np.float64), np.asarray(synthesized, dtype=np.float64)
     if len(real) < 2 or len(synthesized) < 2:
         raise ValueError(f"FID needs at least 2 images on each side, got {len(real)} real and {len(synthesized)} synthesized")
-    metric = FrechetInceptionDistance(feature=_GivenFeatures(real.shape[1]))  # its sums are float64
-    metric.update(torch.from_numpy(real), real=True)
-    metric.update(torch.from_numpy(synthesized), real=False)
-    return float(metric.compute())
+    return fid_backend(backend).distance(real, synthesized)
 
 
 class FIDMetric(Metric):
     """FID between the real photos and all N*K synthesized images; None (with the reason) without
-    Inception weights or with fewer than 2 samples. Features are kept by sample id and fed to
-    torchmetrics in sample order, so the number does not depend on how batches were split."""
+    Inception weights or with fewer than 2 samples. Features are kept by sample id and given to
+    the backend in sample order, so the number does not depend on how batches were split."""
 
     name = "fid"
 
@@ -123,4 +73,5 @@ class FIDMetric(Metric):
         ids = sorted(self.real)
         real = np.stack([self.real[s] for s in ids])
         synthesized = np.concatenate([self.synthesized[s] for s in ids])
-        return MetricResult(values={"fid": fid_from_features(real, synthesized)}, notes={"fid": ""})
+        fid = fid_from_features(real, synthesized, self.settings.fid_backend)
+        return MetricResult(values={"fid": fid}, notes={"fid": ""})

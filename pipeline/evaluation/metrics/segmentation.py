@@ -71,6 +71,7 @@ class SegmentationMetric(Metric):
     is scored against the same map) and of the real photos (the oracle), and their ratio."""
 
     name = "segmentation"
+    per_convention = True
 
     def __init__(self, settings: MetricSettings):
         super().__init__(settings)
