@@ -7,7 +7,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast demo bench bench-gpu clean
+.PHONY: install browser test test-fast demo bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -27,11 +27,18 @@ $(STAMP): pyproject.toml
 TEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
-test: $(STAMP)
+# The browser that tests/test_paint_page.py drives: Debian's chromium and chromedriver. As
+# root (CI) this installs them; anyone else is told what to install, and make stops.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	else echo "make test needs a browser for tests/test_paint_page.py: install Debian's chromium and chromium-driver (sudo apt-get install -y chromium chromium-driver)" >&2; exit 1; fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # Everything but the tests marked slow (the local stack, a worker lost mid-run): for quick feedback.
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(PY) -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -66,7 +66,8 @@ class DemoConfig:
     val_scenes: int = option(32, "toy validation scenes to draw, synthesize and score", check=at_least(2))
     vgg_weights: str = option(AUTO, "loss network weights: imagenet, random, a .pth file, or auto (imagenet if "
                                       "torchvision's cache has them, else random, said loudly)")
-    fid_weights: str = option(AUTO, "FID Inception weights: a file, auto (torch-fidelity's cache if there), or none")
+    fid_weights: str = option(AUTO, "FID Inception weights (pytorch-fid's): a file, auto (<torch hub dir>/checkpoints/ if "
+                                    "there), or none")
     dry_run: bool = dry_run_option("the resolved plan")
 
 
@@ -202,4 +203,6 @@ def run(config: DemoConfig) -> dict:
     print(f"  gallery     {gallery_dir / 'gallery.html'}")
     print(f"  images      {gallery_dir / 'images'}")
     print(f"  MLflow UI   .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}   (then http://127.0.0.1:5000)")
+    print(f"  paint page  .venv/bin/python jobs/serve.py --model models:/{model_name}@champion --store {store} --open"
+          f"   (serves the champion; the page is http://127.0.0.1:8000/)")
     return summary
