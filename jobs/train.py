@@ -4,6 +4,8 @@
     python jobs/train.py --store work/toy-store --preset crn-tiny --vgg-weights random --steps 50
     python jobs/train.py --store ... --dry-run      # the resolved configuration and the recipe table
     python jobs/train.py --store ... --preset crn-1024p --progressive   # 256p, then 512p, then 1024p
+    python jobs/train.py --store ... --checkpoint-every 500 --eval-every 5000 --eval-segmenter drn-d-105:PATH \
+        --eval-samples 100 --select-by miou    # scored beside the workers; the best checkpoint registered
 
 The published recipe is the default (pipeline.training.recipe); the job itself is
 pipeline.training.job, the chain of stages pipeline.training.progression. Re-running the

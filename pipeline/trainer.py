@@ -130,8 +130,8 @@ def storage_split(storage_path: str):
 # ---------------------------------------------------------------- the driver's side
 
 
-def check_resources(config: TrainingConfig) -> None:
-    """One-line error unless the cluster can hold the workers."""
+def check_resources(config: TrainingConfig, extra_cpus: float = 0.0) -> None:
+    """One-line error unless the cluster can hold the workers (and `extra_cpus` beside them: a scoring task's)."""
     import ray
 
     available = ray.cluster_resources()
@@ -139,10 +139,11 @@ def check_resources(config: TrainingConfig) -> None:
     if config.use_gpu and gpus < config.num_workers:
         raise UserError(f"--use-gpu with {config.num_workers} worker(s) needs {config.num_workers} GPU(s); "
                         f"the Ray cluster has {gpus:g}")
-    needed = config.num_workers * config.cpus_per_worker
+    needed = config.num_workers * config.cpus_per_worker + extra_cpus
     if needed > cpus:
-        raise UserError(f"{config.num_workers} worker(s) x {config.cpus_per_worker:g} CPU need {needed:g} CPUs; "
-                        f"the Ray cluster has {cpus:g} (lower --num-workers or --cpus-per-worker)")
+        beside = f" + {extra_cpus:g} for scoring (--eval-cpus)" if extra_cpus else ""
+        raise UserError(f"{config.num_workers} worker(s) x {config.cpus_per_worker:g} CPU{beside} need {needed:g} "
+                        f"CPUs; the Ray cluster has {cpus:g} (lower --num-workers or --cpus-per-worker)")
     if config.placement_strategy == "STRICT_SPREAD":
         # Needs that many nodes, not only the total: without them Ray would wait for nodes
         # that never come (until the worker group's start timeout).
@@ -156,12 +157,15 @@ def check_resources(config: TrainingConfig) -> None:
 
 
 def fit(train_loop: Callable[[dict], Any], loop_config: dict, config: TrainingConfig, *, run_id: str,
-        logged_up_to: int, total_steps: int, runtime_env: dict | None, datasets: dict | None = None):
+        logged_up_to: int, total_steps: int, runtime_env: dict | None, datasets: dict | None = None,
+        checkpoint_watcher: Any = None):
     """Start the workers, run `train_loop(loop_config)` on each to the end, with `MLflowReports`
     logging into the MLflow run `run_id`; returns Ray Train's Result, which has a checkpoint.
 
     `runtime_env` is the workers' Ray runtime environment (pipeline.runtime.cpu_worker_runtime_env
-    or None); `datasets` are Ray Data datasets the workers read with `get_dataset_shard`.
+    or None); `datasets` are Ray Data datasets the workers read with `get_dataset_shard`;
+    `checkpoint_watcher` (pipeline.training.scores.CheckpointScoring) hears of every report
+    after it is logged.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -182,7 +186,8 @@ def fit(train_loop: Callable[[dict], Any], loop_config: dict, config: TrainingCo
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-            callbacks=[MLflowReports(tracking_uri(), run_id, run_dir(config), logged_up_to, total_steps)],
+            callbacks=[MLflowReports(tracking_uri(), run_id, run_dir(config), logged_up_to, total_steps,
+                                     checkpoint_watcher)],
             worker_runtime_env=runtime_env,
             # Ray Train's own INFO lines (resources requested, worker group started, process group
             # set up, each checkpoint's path) stay in its log files under the Ray session's logs;
@@ -276,8 +281,10 @@ class StepReports:
 class MLflowReports(UserCallback):
     """Logs the workers' reports into an existing MLflow run (see the module docstring)."""
 
-    def __init__(self, tracking_uri: str, run_id: str, run_dir: str, logged_up_to: int, total_steps: int):
+    def __init__(self, tracking_uri: str, run_id: str, run_dir: str, logged_up_to: int, total_steps: int,
+                 checkpoint_watcher: Any = None):
         self.tracking_uri = tracking_uri
+        self.checkpoint_watcher = checkpoint_watcher  # after_report(client, run_id, step, checkpoint), or None
         self.total_steps = total_steps  # for the progress line: where the run will stop
         self.run_id = run_id
         self.run_dir = run_dir
@@ -303,6 +310,11 @@ class MLflowReports(UserCallback):
             self.log_report(metrics)
         except Exception as exc:  # a tracking hiccup must not stop days of training
             logger.warning("MLflow logging of step %s failed: %s", metrics[0].get("step"), exc)
+        if self.checkpoint_watcher is not None:
+            try:
+                self.checkpoint_watcher.after_report(self.client(), self.run_id, rank0.get("step", 0), checkpoint)
+            except Exception as exc:  # nor must its scores
+                logger.warning("scores after step %s: %s", rank0.get("step"), exc)
 
     def log_report(self, metrics: list[dict[str, Any]]) -> None:
         from mlflow.entities import Metric

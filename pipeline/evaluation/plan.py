@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pipeline.data.schema import LabelSchema, check_schema_match
 from pipeline.data.store import Store, open_store
@@ -92,13 +92,20 @@ class EvaluationPlan:
         return described
 
 
-def make_plan(config: EvaluateConfig) -> EvaluationPlan:
-    """Every check that needs no actor (module docstring)."""
+def make_plan(config: EvaluateConfig, model: ModelRef | None = None,
+              sample_ids: Sequence[str] | None = None) -> EvaluationPlan:
+    """Every check that needs no actor (module docstring).
+
+    `model`: the generator already opened (a training scores the checkpoint it holds),
+    instead of opening `config.model`. `sample_ids`: score only these samples of the split
+    (a fixed subset, e.g. a training's `--eval-samples`); the protocol id counts them.
+    """
     config = resolve(config)  # a config built in code, not parsed, is spelled out here
     store = open_store(config.store)
     if not store.has_photos:
         raise UserError(f"store {config.store} has no photos: the real photos are the reference of every score")
-    model = open_model(config.model) if config.model else None
+    if model is None and config.model:
+        model = open_model(config.model)
     if model is not None:
         schema, resolution, num_outputs = model.schema, str(model.config.top_resolution), model.config.num_outputs
         check_schema_match(schema.to_dict(), store.schema.to_dict(), f"store {config.store} vs model {config.model}")
@@ -108,7 +115,7 @@ def make_plan(config: EvaluateConfig) -> EvaluationPlan:
     store.resolution(resolution)  # one-line error when the store lacks the images' resolution
     if config.split not in store.splits:
         raise UserError(f"store {store.uri} has no split '{config.split}' (it has {', '.join(store.splits)})")
-    sample_ids = store.sample_ids(config.split)
+    sample_ids = _subset(store.sample_ids(config.split), sample_ids, f"store {store.uri} split '{config.split}'")
 
     segmenter = open_segmenter(config.segmenter, config.segmenter_classes)
     check_class_order(segmenter, schema)
@@ -136,6 +143,16 @@ def make_plan(config: EvaluateConfig) -> EvaluationPlan:
                               fid_note=fid_note, fid_backend=config.fid_backend)
     return EvaluationPlan(config, model, schema, store, resolution, num_outputs, sample_ids, segmenter, fid_weights,
                           list(metrics.METRICS), settings, protocols, synthesized)
+
+
+def _subset(split_ids: list[str], wanted: Sequence[str] | None, where: str) -> list[str]:
+    """The split's sorted ids, or `wanted` sorted after checking the split has each."""
+    if wanted is None:
+        return split_ids
+    missing = sorted(set(wanted) - set(split_ids))
+    if missing:
+        raise UserError(f"{where} has no sample {missing[0]} ({len(missing)} of {len(set(wanted))} missing)")
+    return sorted(set(wanted))
 
 
 def _scored_protocol(chosen: Convention, resolution: str, store: Store, shared: dict) -> ScoredProtocol:

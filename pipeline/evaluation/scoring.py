@@ -144,6 +144,8 @@ def score(plan) -> Scores:
     config = plan.config
     check_pool_fits(config.num_actors, config.threads_per_actor)
     dataset = plan.store.dataset(config.split, plan.resolution, extra_labels=plan.extra_label_resolutions())
+    if len(plan.sample_ids) < plan.store.count(config.split):  # a subset (pipeline.evaluation.plan.make_plan)
+        dataset = dataset.map_batches(keep_samples, fn_kwargs={"keep": plan.sample_ids}, batch_format="numpy")
     dataset = dataset.repartition(target_num_rows_per_block=config.batch_size)
     if plan.model is None:
         dataset = dataset.map_batches(photos_as_variants, batch_size=None, batch_format="numpy")
@@ -167,11 +169,17 @@ def score(plan) -> Scores:
         # The segmenter's forward passes reuse their memory, as synthesis actors' do.
         runtime_env=cpu_worker_runtime_env(use_gpu=False),
     )
+    return merged(plan, dataset.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def merged(plan, rows) -> Scores:
+    """The scoring actors' output rows (batches of `sample_ids`, `metrics`) merged into one
+    `Scores`; every sample of the plan must have been scored, once."""
     totals = Scores(make_metrics([k for k in plan.metric_kinds if not k.per_convention], plan.metric_settings),
-                    {name: make_metrics([k for k in plan.metric_kinds if k.per_convention], plan.metric_settings)
-                     for name in specs})
+                    {scored.name: make_metrics([k for k in plan.metric_kinds if k.per_convention],
+                                               plan.metric_settings) for scored in plan.protocols})
     scored = []
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in rows:
         for ids, state in zip(batch["sample_ids"], batch["metrics"]):
             scored += str(ids).split("\n")
             part: Scores = pickle.loads(state)
@@ -181,6 +189,51 @@ def score(plan) -> Scores:
                 for total, metric in zip(totals.per_protocol[name], metrics):
                     total.merge(metric)
     if sorted(scored) != plan.sample_ids:
-        raise UserError(f"store {config.store} split '{config.split}': scored {len(scored)} samples, its files list "
-                        f"{len(plan.sample_ids)}")
+        raise UserError(f"store {plan.config.store} split '{plan.config.split}': scored {len(scored)} samples, "
+                        f"the plan has {len(plan.sample_ids)}")
     return totals
+
+
+def score_here(plan, variants: dict[str, np.ndarray], num_threads: int,
+               rows: dict[str, np.ndarray] | None = None) -> Scores:
+    """`score(plan)` in this process, without Ray Data: for a caller that already holds the
+    images (`variants`: sample id -> uint8 [K, H, W, 3]) and owns its CPUs, such as a
+    training's scoring task (pipeline.training.scores). The same actor class, batches of
+    the same size and the same merge, so the same numbers as `score`. `rows`: the plan's
+    `subset_rows`, if the caller has read them already."""
+    config = plan.config
+    fid_weights = plan.fid_weights.read_bytes() if plan.fid_weights else None
+    actor = ScoringActor(plan.segmenter.data, plan.metric_kinds, plan.metric_settings, convention_specs(plan),
+                         num_threads, fid_weights, config.batch_size)
+    rows = subset_rows(plan) if rows is None else rows
+    outputs = []
+    for start in range(0, len(plan.sample_ids), config.batch_size):
+        batch = {key: column[start : start + config.batch_size] for key, column in rows.items()}
+        batch["variants"] = np.stack([variants[str(s)] for s in batch["sample_id"]])
+        outputs.append(actor(batch))
+    return merged(plan, outputs)
+
+
+def subset_rows(plan) -> dict[str, np.ndarray]:
+    """The plan's samples as the store's dataset gives them (sample_id, label, photo and the
+    extra label sizes), read with plain pyarrow, in sample id order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipeline.data.store import decode_batch, decode_labels
+
+    def table_at(resolution: str) -> pa.Table:
+        table = plan.store.read_table(plan.config.split, resolution)
+        table = table.filter(pc.is_in(table.column("sample_id"), value_set=pa.array(plan.sample_ids, pa.string())))
+        return table.sort_by("sample_id")
+
+    rows = decode_batch(table_at(plan.resolution), plan.resolution, with_photos=True)
+    for extra in plan.extra_label_resolutions():
+        rows[label_column(extra)] = decode_labels(table_at(extra).column(label_column(extra)), extra).copy()
+    return rows
+
+
+def keep_samples(batch: dict[str, np.ndarray], keep: list[str]) -> dict[str, np.ndarray]:
+    """Ray Data task: only the rows of the samples in `keep` (an evaluation of a subset)."""
+    mask = np.isin(batch["sample_id"].astype(str), keep)
+    return {key: column[mask] for key, column in batch.items()}

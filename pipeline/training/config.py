@@ -20,6 +20,7 @@ from crn.losses import LAYER_WEIGHTS
 from crn.presets import PRESETS, make_config
 from crn.resolution import Resolution
 from pipeline.errors import UserError
+from pipeline.evaluation.conventions import CONVENTIONS, DEFAULT_CONVENTION
 from pipeline.fs import absolute
 from pipeline.options import (
     AUTO,
@@ -37,6 +38,11 @@ from pipeline.options import (
 )
 from pipeline.trainer import TrainingConfig, default_run_name, storage_location
 from pipeline.training.recipe import ALL_MODULES, layer_weights_choice, recipe_for
+
+
+SCORES = "scores while training"
+LAST = "last"
+SELECT_BY = (LAST, "miou", "fid")
 
 
 @dataclass
@@ -90,12 +96,42 @@ class TrainConfig(TrainingConfig):
     # --- images and tracking (workers and the run: pipeline.trainer.TrainingConfig) ---
     image_every: int = option(500, "steps between label | outputs | photo grids (and one at the last step); 0 = none",
                               check=non_negative)
+    # --- scores while training (pipeline.training.scores, docs/evaluation.md#scores-while-training) ---
+    eval_every: int = option(0, "score the checkpoint written every this many steps (a multiple of "
+                                "--checkpoint-every), and the last one, beside the workers; 0 = never",
+                             check=non_negative, group=SCORES)
+    eval_segmenter: str = option("", "the segmenter the scores use, as jobs/evaluate.py --segmenter takes it",
+                                 group=SCORES)
+    eval_protocol: str = option(DEFAULT_CONVENTION, "the scoring convention (docs/evaluation.md#conventions)",
+                                choices=list(CONVENTIONS), group=SCORES)
+    eval_samples: int = option(0, "score the first this many validation samples (sorted ids), the same ones each "
+                                  "time; 0 = the whole split", check=non_negative, group=SCORES)
+    eval_fid_weights: str = option("none", "FID Inception weights as jobs/evaluate.py --fid-weights takes them; "
+                                           "none = no FID", group=SCORES)
+    eval_cpus: float = option(1.0, "logical CPUs the scoring task reserves (its torch threads: at least 1)",
+                              check=positive, group=SCORES)
+    eval_wait_s: int = option(3600, "seconds the job waits after training for the scores still running, before "
+                                    "it selects and registers; those not in by then are listed in the run",
+                              check=non_negative, group=SCORES)
+    select_by: str = option(LAST, "which checkpoint is registered: the last, or the best scored by eval.miou "
+                                  "(highest) or eval.fid (lowest)", choices=SELECT_BY, group=SCORES)
     experiment: str = experiment_option("crn-train")
     model_name: str = option(AUTO, "registered model name; auto = crn-<dataset>-<HxW>")
     alias: str = option("candidate", "alias the new registered version gets")
     dry_run: bool = dry_run_option("the resolved configuration and the recipe table")
 
     def check(self) -> None:
+        if self.eval_every:
+            if self.eval_every % self.checkpoint_every:
+                # Only a checkpoint can be scored and registered: each score belongs to one.
+                raise UserError(f"--eval-every {self.eval_every} must be a multiple of --checkpoint-every "
+                                f"{self.checkpoint_every}: a score is a checkpoint's")
+            if not self.eval_segmenter:
+                raise UserError("--eval-every needs --eval-segmenter (as jobs/evaluate.py --segmenter)")
+        if self.select_by != LAST and not self.eval_every:
+            raise UserError(f"--select-by {self.select_by} needs scores: give --eval-every")
+        if self.select_by == "fid" and self.eval_fid_weights == "none":
+            raise UserError("--select-by fid needs --eval-fid-weights")
         if self.init_from and self.from_scratch:
             raise UserError("--init-from and --from-scratch contradict each other: give one")
         if self.progressive and (self.init_from or self.from_scratch):
