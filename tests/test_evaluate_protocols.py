@@ -266,6 +266,7 @@ def test_mistakes_are_one_line_errors(inputs, tmp_path):
             make_plan(parse_evaluate_config(argv(inputs, *extra)))
         assert "\n" not in str(info.value)
     for extra, message in [(["--protocols", "native,native"], "a protocol named twice"),
-                           (["--oracle", "--promote"], "--promote needs a model")]:
+                           (["--oracle", "--promote"], "--promote needs a model"),
+                           (["--model", "m", "--resolution", "16x32"], "--resolution goes with --oracle")]:
         with pytest.raises(UserError, match=message):
             parse_evaluate_config(argv(inputs, *extra))

@@ -73,6 +73,8 @@ class EvaluateConfig:
                             if self.oracle else "--model is required (or --oracle to score the real photos)")
         if self.oracle and self.promote:
             raise UserError("--promote needs a model; --oracle scores the real photos")
+        if self.resolution and not self.oracle:
+            raise UserError("--resolution goes with --oracle; a model's images are made at its own resolution")
 
 
 def parse_evaluate_config(argv: Sequence[str] | None) -> EvaluateConfig:
