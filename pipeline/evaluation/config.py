@@ -14,7 +14,7 @@ from pipeline.fs import absolute
 from pipeline.options import (AUTO, at_least, batch_size_option, dry_run_option, experiment_option, from_argv,
                               non_negative, option, run_name_option, store_option)
 from pipeline.registry.uris import model_uri
-from pipeline.segmenter.drn import DRN_D_105, absolute_drn_uri
+from pipeline.segmenter.drn import absolute_segmenter_uri
 
 
 def _conventions(text: str) -> list[str]:
@@ -91,8 +91,7 @@ def resolve(config: EvaluateConfig) -> EvaluateConfig:
     resolved = dataclasses.replace(config, model=model_uri(config.model) if config.model else "")
     for name in ("model", "store", "synthesized", "segmenter_classes"):
         setattr(resolved, name, absolute(getattr(resolved, name)))
-    builtin = resolved.segmenter.split(":")[0] == DRN_D_105
-    resolved.segmenter = absolute_drn_uri(resolved.segmenter) if builtin else absolute(resolved.segmenter)
+    resolved.segmenter = absolute_segmenter_uri(resolved.segmenter)
     if resolved.threads_per_actor == 0:
         resolved.threads_per_actor = max(1, (os.cpu_count() or 1) // resolved.num_actors)
     return resolved

@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import UserError, first_line
+from pipeline.fs import absolute
 
 DRN_D_105 = "drn-d-105"
 PUBLISHED_FILE = "drn_d_105_cityscapes.pth"
@@ -270,11 +271,14 @@ def default_drn_d_105_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / PUBLISHED_FILE
 
 
-def absolute_drn_uri(uri: str) -> str:
-    """`drn-d-105:PATH` with PATH made absolute (Ray workers run in other folders); other URIs as given."""
+def absolute_segmenter_uri(uri: str) -> str:
+    """What `--segmenter` names, as Ray workers in other folders can use it: `drn-d-105` as
+    given, `drn-d-105:PATH` and plain paths made absolute, URIs unchanged (pipeline.fs.absolute)."""
+    if uri == DRN_D_105:
+        return uri
     if uri.startswith(DRN_D_105 + ":"):
-        return f"{DRN_D_105}:{Path(uri[len(DRN_D_105) + 1:]).expanduser().resolve()}"
-    return uri
+        return f"{DRN_D_105}:{absolute(uri[len(DRN_D_105) + 1:])}"
+    return absolute(uri)
 
 
 def drn_d_105_path(uri: str) -> Path:
