@@ -156,6 +156,27 @@ def check_resources(config: TrainingConfig, extra_cpus: float = 0.0) -> None:
                             f"of its own, with {wanted}; the Ray cluster has {fitting} such node(s)")
 
 
+def torch_trainer_class():
+    """Ray's TorchTrainer without its placement-group cleaner.
+
+    Ray Train 2.60 starts a detached actor per run that removes the run's placement group
+    when the state API says the controller is gone; on a loaded machine that query can come
+    back empty for a live controller, and the cleaner then removes the placement group under
+    running workers ("Destroying worker since its placement group was removed"). The group
+    is the controller's own (created without a lifetime), so Ray removes it when the
+    controller dies anyway (docs/stack-facts.md#ray-train).
+    """
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [callback for callback in super()._create_default_callbacks()
+                    if not isinstance(callback, PlacementGroupCleanerCallback)]
+
+    return Trainer
+
+
 def fit(train_loop: Callable[[dict], Any], loop_config: dict, config: TrainingConfig, *, run_id: str,
         logged_up_to: int, total_steps: int, runtime_env: dict | None, datasets: dict | None = None,
         checkpoint_watcher: Any = None):
@@ -168,10 +189,9 @@ def fit(train_loop: Callable[[dict], Any], loop_config: dict, config: TrainingCo
     after it is logged.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     storage_fs, storage_path = storage_split(config.storage_path)
-    trainer = TorchTrainer(
+    trainer = torch_trainer_class()(
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
