@@ -28,7 +28,7 @@ def test_short_demo_writes_a_summary_with_every_key(tmp_path):
     summaries = list(out.glob("synthesized/*/summary.json"))
     assert len(summaries) == 1
     summary = json.loads(summaries[0].read_text())
-    for key in ("demo_miou_ratio", "metrics", "notes", "stage_seconds", "champion", "gate", "protocol_id", "gallery"):
+    for key in ("demo_miou_ratio", "demo_utility", "metrics", "notes", "stage_seconds", "champion", "gate", "protocol_id", "gallery"):
         assert key in summary, key
     # Every metric of the evaluation reaches the summary, without the demo naming them.
     from pipeline.evaluation.metrics import METRICS
@@ -37,7 +37,8 @@ def test_short_demo_writes_a_summary_with_every_key(tmp_path):
     assert isinstance(summary["demo_miou_ratio"], float) and math.isfinite(summary["demo_miou_ratio"])
     assert summary["demo_miou_ratio"] == pytest.approx(metrics["miou"] / metrics["real_miou"])
     assert metrics["fid"] is None and summary["notes"]["fid"] == "FID not computed: --fid-weights none"
-    assert set(summary["stage_seconds"]) == {"data", "segmenter", "train", "evaluate", "synthesize", "total"}
+    assert set(summary["stage_seconds"]) == {"data", "segmenter", "train", "evaluate", "synthesize", "utility",
+                                              "total"}
     assert all(seconds >= 0 for seconds in summary["stage_seconds"].values())
 
     # The gate made the evaluated version the champion (there was none), and the gallery shows the scores.
@@ -51,3 +52,8 @@ def test_short_demo_writes_a_summary_with_every_key(tmp_path):
     # The segmenter is a registered model too.
     seg_name, seg_version = summary["segmenter"].removeprefix("models:/").split("/")
     assert client.get_model_version(seg_name, seg_version).status == "READY"
+    # The utility: the segmenter trained on the champion's images against stage 2's, reused, not retrained.
+    utility_run = client.get_run(summary["utility_run"]).data
+    assert utility_run.tags["segmenter.real.model"] == summary["segmenter"]
+    assert summary["demo_utility"] == pytest.approx(utility_run.metrics["miou.synthesized"] / utility_run.metrics["miou.real"])
+    assert client.get_model_version(name, version).tags["utility.utility"] == f"{summary['demo_utility']:.6g}"

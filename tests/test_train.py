@@ -40,6 +40,8 @@ from pipeline.records import git_commit
 from pipeline.registry.models import open_model
 from pipeline.runtime import CPU_WORKER_MALLOC_ENV, entrypoint
 from pipeline.training import job as train
+from pipeline.errors import UserError
+from pipeline.training.config import learning_rate
 from pipeline.training.config import parse_train_config as config_from_argv
 from pipeline.training.loop import CHECKPOINT_FILE, train_loop_per_worker
 from pipeline.training.order import epoch_permutation
@@ -220,8 +222,8 @@ def test_a_stage_starts_from_the_earlier_one_and_trains_only_named_modules(tmp_p
 
 # batch 2 on the 8 training samples: 4 steps per epoch, 3 epochs. The VGG layer weights are
 # recalibrated after epoch 2 from that epoch's per-layer terms (docs/recipe.md#recalibration).
-SHORT_SCHEDULE = ["--batch-size", "2", "--epochs", "3", "--checkpoint-every", "4", "--log-every", "2",
-                  "--recalibrate-after-epoch", "2"]
+SHORT_SCHEDULE = ["--batch-size", "2", "--epochs", "3", "--steps", "12", "--lr-schedule", "cosine",
+                  "--checkpoint-every", "4", "--log-every", "2", "--recalibrate-after-epoch", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +239,16 @@ def test_the_loss_falls_on_the_toy_data(short_run):
     first_epoch = np.mean([history[s] for s in range(1, 5)])
     second_epoch = np.mean([history[s] for s in range(5, 9)])  # the same 8 samples, same loss weights
     assert second_epoch < 0.8 * first_epoch, (first_epoch, second_epoch)
+
+
+def test_the_learning_rate_decays_on_the_cosine_to_the_last_step(short_run, toy_store):
+    config = config_from_argv(tiny_argv(toy_store, "x", *SHORT_SCHEDULE))
+    rates = [learning_rate(config, step) for step in range(12)]
+    assert rates[0] == config.lr and rates[6] == pytest.approx(config.lr / 2) and 0 < rates[11] < rates[10]
+    [group] = checkpoint_of(short_run)["optimizer"]["param_groups"]
+    assert group["lr"] == pytest.approx(rates[11], rel=1e-12)  # the rate the last step took
+    with pytest.raises(UserError, match="--lr-schedule cosine decays over --steps: give --steps"):
+        config_from_argv(["--store", str(toy_store), "--lr-schedule", "cosine"])
 
 
 def test_layer_weights_are_recalibrated_from_the_measured_terms(short_run):

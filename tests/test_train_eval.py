@@ -18,6 +18,7 @@ import mlflow
 import pytest
 import torch
 from eval_fixtures import write_palette_segmenter
+from faults import dying_once
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.schema import load_schema
@@ -126,6 +127,19 @@ def test_scores_selection_and_resume(toy_store, ray_session, segmenters, tmp_pat
     again = train.run(parse_train_config(command))
     assert again.run_id == outcome.run_id and again.model_version == outcome.model_version
     assert history(outcome.run_id, "eval.miou") == miou
+
+
+def test_a_killed_worker_keeps_the_curve_without_duplicates(toy_store, ray_session, segmenters, tmp_path):
+    """Rank 0 dies right after reporting step 4, whose checkpoint is then being scored; the group
+    restarts from it and takes steps 5 and 6. Every checkpoint is scored once: 2, 4, 6."""
+    run_name, model_name = f"eval-killed-{uuid.uuid4().hex[:8]}", f"crn-eval-{uuid.uuid4().hex[:8]}"
+    command = argv(toy_store, run_name, model_name, segmenters["palette"], "--steps", "6", "--max-failures", "1")
+    outcome = train.run(parse_train_config(command), dying_once(tmp_path / "died", after_step=4, rank=0))
+    assert (tmp_path / "died").exists() and outcome.final["resumed_from_step"] == 4
+    tags = mlflow.get_run(outcome.run_id).data.tags
+    assert tags["crn.worker_failures"] == "1"
+    for key in ("eval.miou", "eval.pixel_accuracy"):
+        assert [step for step, _ in history(outcome.run_id, key)] == [2, 4, 6], key
 
 
 def test_failing_scorer_leaves_training_finished(toy_store, ray_session, segmenters):

@@ -26,9 +26,9 @@ from crn.resolution import Resolution
 from pipeline.data.store import label_column
 from pipeline.errors import UserError
 from pipeline.evaluation.metrics import Metric, MetricSettings, ScoringInputs, make_metrics
-from pipeline.fs import filesystem_for, join, read_bytes
+from pipeline.fs import filesystem_for
 from pipeline.runtime import cpu_worker_runtime_env
-from pipeline.synthesis.outputs import decode_png, image_path
+from pipeline.synthesis.outputs import read_variants
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,7 @@ class Scores:
 def attach_variants(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, root: str,
                     num_outputs: int) -> dict[str, np.ndarray]:
     """Ray Data task: add `variants` uint8 [B, K, H, W, 3], read from the synthesis output folder."""
-    variants = [[decode_png(read_bytes(filesystem, join(root, image_path(str(sample_id), k)))) for k in range(num_outputs)]
-                for sample_id in batch["sample_id"]]
-    return {**batch, "variants": np.asarray(variants, dtype=np.uint8)}
+    return {**batch, "variants": read_variants(filesystem, root, batch["sample_id"], num_outputs)}
 
 
 def photos_as_variants(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

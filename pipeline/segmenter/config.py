@@ -19,6 +19,7 @@ from pipeline.errors import UserError
 from pipeline.fs import absolute
 from pipeline.options import (AUTO, at_least, batch_size_option, dry_run_option, experiment_option, from_argv,
                               non_negative, option, positive, store_option)
+from pipeline.segmenter.data import TRAIN_ON, check_synthesized
 from pipeline.segmenter.network import ARCHITECTURES
 from pipeline.trainer import TrainingConfig, default_run_name, storage_location
 
@@ -29,6 +30,12 @@ class SegmenterTrainConfig(TrainingConfig):
                               identity=True)
     resolution: Resolution | None = option(None, "HxW to train at (the resolution the evaluation scores); default: "
                                                  "the store's top resolution", identity=True)
+    train_on: str = option("real", "what it learns from: the store's train photos, the synthesized images of --synthesized, "
+                                   "or both (pipeline.segmenter.data)", choices=TRAIN_ON, identity=True)
+    synthesized: str = option("", "synthesis output folder holding every variant of the train label maps of "
+                                  "--synthesized-labels (for --train-on synthesized or both)", identity=True)
+    synthesized_labels: str = option("", "store whose train label maps the --synthesized images were made from; "
+                                         "default: --store (a label-only store is fine)", identity=True)
     architecture: str = option(ARCHITECTURES[0], "torchvision segmentation architecture, trained from scratch",
                                choices=ARCHITECTURES, identity=True)
     steps: int = option(600, "optimizer steps", check=at_least(1), identity=True)
@@ -63,8 +70,22 @@ def resolve(config: SegmenterTrainConfig) -> SegmenterTrainConfig:
     resolved.store = absolute(resolved.store)
     resolved.resolution = Resolution.parse(store.resolution(config.resolution or store.top_resolution))
     resolved.storage_path = storage_location(resolved.storage_path)
+    run_prefix, model_suffix = f"segmenter-{resolved.resolution}", ""
+    if resolved.train_on == "real":
+        if config.synthesized or config.synthesized_labels:
+            raise UserError("--synthesized and --synthesized-labels are for --train-on synthesized or both")
+    else:
+        if not config.synthesized:
+            raise UserError(f"--train-on {config.train_on} needs --synthesized (a synthesis output folder)")
+        resolved.synthesized = absolute(config.synthesized)
+        resolved.synthesized_labels = absolute(config.synthesized_labels or config.store)
+        images = check_synthesized(resolved.synthesized, resolved.synthesized_labels, str(resolved.resolution),
+                                   store.schema.fingerprint())
+        # The folder's weights name the run: a folder refilled by another model is another run.
+        run_prefix += f"-{resolved.train_on}-{images.model_sha256[:8]}"
+        model_suffix = "-on-synthesized" if resolved.train_on == "synthesized" else "-on-real-and-synthesized"
     if resolved.run_name == AUTO:
-        resolved.run_name = default_run_name(f"segmenter-{resolved.resolution}", resolved)
+        resolved.run_name = default_run_name(run_prefix, resolved)
     if resolved.model_name == AUTO:
-        resolved.model_name = f"seg-{dataset_name(store)}-{resolved.resolution}"
+        resolved.model_name = f"seg-{dataset_name(store)}-{resolved.resolution}{model_suffix}"
     return resolved

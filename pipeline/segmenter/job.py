@@ -37,6 +37,7 @@ from pipeline.options import to_dict
 from pipeline.records import log_store_input
 from pipeline.runtime import init_ray
 from pipeline.segmenter.config import SegmenterTrainConfig, resolve
+from pipeline.segmenter.data import check_synthesized, training_data
 from pipeline.segmenter.loop import CHECKPOINT_FILE, train_loop_per_worker
 from pipeline.segmenter.network import ExportedSegmenter, build_network
 
@@ -60,8 +61,11 @@ def run(config: SegmenterTrainConfig) -> SegmenterOutcome:
     num_scored_classes = store.schema.num_scored_classes
     init_ray(dashboard=True)  # Ray Train's state queries need it (pipeline.runtime.init_ray)
     trainer.check_resources(config)
-    description = (f"Segmenter ({config.architecture}, {config.resolution}) trained "
-                   f"from scratch on the train photos of {config.store}, to score synthesized images.")
+    learns_from = {"real": f"the train photos of {config.store}",
+                   "synthesized": f"the synthesized images in {config.synthesized}",
+                   "both": f"the train photos of {config.store} and the synthesized images in {config.synthesized}"}
+    description = (f"Segmenter ({config.architecture}, {config.resolution}) trained from scratch on "
+                   f"{learns_from[config.train_on]}; tested on the real {VAL_SPLIT} photos of {config.store}.")
     active, resumed, logged_up_to = trainer.start_or_resume_run(config.experiment, trainer.run_dir(config),
                                                                 config.run_name, description)
     with active:
@@ -69,7 +73,12 @@ def run(config: SegmenterTrainConfig) -> SegmenterOutcome:
         trainer.log_params(to_dict(config), resumed)
         if not resumed:
             log_store_input(config.store, store, TRAIN_SPLIT)
-        data = store.dataset(TRAIN_SPLIT, config.resolution).select_columns(["label", "photo"])
+        synthesized = None if config.train_on == "real" else check_synthesized(
+            config.synthesized, config.synthesized_labels, str(config.resolution), store.schema.fingerprint())
+        if synthesized is not None and not resumed:
+            mlflow.set_tags({"synthesized.model_sha256": synthesized.model_sha256,
+                             "synthesized.images": synthesized.num_label_maps * synthesized.num_outputs})
+        data = training_data(config.train_on, store, str(config.resolution), synthesized)
         result = trainer.fit(
             train_loop_per_worker, {"config": to_dict(config), "num_scored_classes": num_scored_classes}, config, run_id=run_id,
             logged_up_to=logged_up_to, total_steps=config.steps, datasets={TRAIN_SPLIT: data.materialize()},

@@ -107,6 +107,12 @@ def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def read_variants(filesystem: pafs.FileSystem, root: str, sample_ids, num_outputs: int) -> np.ndarray:
+    """The K images of each sample: uint8 [B, K, H, W, 3]."""
+    return np.asarray([[decode_png(read_bytes(filesystem, join(root, image_path(str(sample_id), k))))
+                        for k in range(num_outputs)] for sample_id in sample_ids], dtype=np.uint8)
+
+
 def claim_output(fs: pafs.FileSystem, root: str, uri: str, identity: OutputIdentity, notes: dict | None = None) -> None:
     """Write job.json into a new output folder, or check that an existing one agrees with it.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -43,6 +44,7 @@ from pipeline.training.recipe import ALL_MODULES, layer_weights_choice, recipe_f
 SCORES = "scores while training"
 LAST = "last"
 SELECT_BY = (LAST, "miou", "fid")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -59,7 +61,10 @@ class TrainConfig(TrainingConfig):
     steps: int = option(0, "stop after this many optimizer steps; 0 = no step limit", check=non_negative, identity=True)
     epochs: int = option(0, "stop after this many passes over the data (whichever of steps/epochs comes first); "
                             "0 = the recipe's", check=non_negative, identity=True)
-    lr: float = option(1e-4, "Adam learning rate (constant)", check=positive, identity=True)
+    lr: float = option(1e-4, "Adam learning rate (the authors': 1e-4, constant)", check=positive, identity=True)
+    lr_schedule: str = option("constant", "constant (the authors'), or cosine: from --lr down to 0 at --steps, "
+                                          "which settles the last steps' weights (needs --steps)",
+                              choices=LR_SCHEDULES, identity=True)
     seed: int = option(0, "seed for initialisation and shuffling", identity=True)
     row_cache_mb: int = option(256, "MiB of decoded store row groups each worker keeps (rows are read by index in "
                                     "a fresh order every epoch; a data set that fits is read once)",
@@ -132,6 +137,8 @@ class TrainConfig(TrainingConfig):
             raise UserError(f"--select-by {self.select_by} needs scores: give --eval-every")
         if self.select_by == "fid" and self.eval_fid_weights == "none":
             raise UserError("--select-by fid needs --eval-fid-weights")
+        if self.lr_schedule != "constant" and not self.steps:
+            raise UserError(f"--lr-schedule {self.lr_schedule} decays over --steps: give --steps")
         if self.init_from and self.from_scratch:
             raise UserError("--init-from and --from-scratch contradict each other: give one")
         if self.progressive and (self.init_from or self.from_scratch):
@@ -146,6 +153,14 @@ class TrainConfig(TrainingConfig):
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=1)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The rate of the step after `step` steps: a function of the step alone, so a resumed run
+    takes the same rates as an uninterrupted one without saving a scheduler."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, config.steps) / config.steps))
+    return config.lr
 
 
 def parse_train_config(argv: Sequence[str] | None) -> TrainConfig:

@@ -53,7 +53,7 @@ from pipeline.fs import filesystem_for, uri_join, write_bytes_atomically
 from pipeline.options import from_dict, to_dict
 from pipeline.trainer import StepReports, quiet_report_log, worker_device
 from pipeline.training import stages
-from pipeline.training.config import TrainConfig
+from pipeline.training.config import TrainConfig, learning_rate
 from pipeline.training.order import rank_batches
 from pipeline.visualize import image_grid, png_bytes, schema_palette
 
@@ -142,6 +142,8 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             labels = torch.from_numpy(batch["label"]).to(device)  # [B, H, W] class indices
             onehot = one_hot(labels, model.config.num_classes)  # [B, L, H, W]
             photo = torch.from_numpy(batch["photo"]).to(device).permute(0, 3, 1, 2).float()  # [B, 3, H, W], 0..255
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, state.step)
             loss, terms, fake = train_step(ddp_model, loss_fn, optimizer, onehot, photo, config.precision)
             state.step += 1
             state.batch_in_epoch += 1
