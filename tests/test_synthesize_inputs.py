@@ -157,3 +157,42 @@ def test_folder_problems_are_one_line(tmp_path, checkpoint):
         main([*common, "--labels", str(tmp_path / "missing")])
     with pytest.raises(UserError, match="unknown label schema 'nosuch'"):
         main([*common, "--labels", str(tmp_path / "maps"), "--schema", "nosuch"])
+
+
+def test_a_folder_of_colour_and_id_maps_is_read_file_by_file_without_a_flag(checkpoint, tmp_path, ray_session, capsys):
+    """Label type auto: one-channel maps as ids, RGB as colours, palette maps by what their
+    palette means in the schema; the log counts each kind. The four maps are one scene, so
+    all four give the same images."""
+    rng = np.random.default_rng(7)
+    trained = [label for label in LABELS if 0 <= label.train_id < 19]  # one id and one colour each
+    ids = np.array([label.id for label in trained], np.uint8)[rng.integers(0, len(trained), (8, 16))]
+    ids = ids.repeat(4, 0).repeat(4, 1)  # 32x64
+    colors = np.zeros((256, 3), np.uint8)
+    for label in trained:
+        colors[label.id] = label.color
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(ids).save(folder / "ids.png")  # mode L
+    Image.fromarray(colors[ids]).save(folder / "colour.png")  # RGB
+    as_palette = Image.fromarray(ids, mode="L").convert("P")
+    as_palette.putpalette(colors.ravel().tolist())  # index = id, palette = the schema's colours
+    as_palette.save(folder / "palette-colour.png")
+    grey = Image.fromarray(ids, mode="L").convert("P")
+    grey.putpalette([v for i in range(256) for v in (i, i, i)])  # a display palette: the indices are ids
+    grey.save(folder / "palette-ids.png")
+    assert [Image.open(folder / n).mode for n in ("ids.png", "colour.png", "palette-colour.png", "palette-ids.png")] \
+        == ["L", "RGB", "P", "P"]
+
+    output = tmp_path / "out"
+    outcome = run(config_from_argv(["--model", str(checkpoint), "--labels", str(folder), "--output", str(output)]))
+
+    assert outcome.rejects == [] and outcome.num_written == 4 * TEST_NUM_OUTPUTS
+    out = capsys.readouterr().out
+    assert (f"synthesize: label folder {folder}: 2 maps read as ids, 2 as colours, by each file's own type "
+            "(--label-type auto)") in out, out
+    assert json.loads((output / "job.json").read_text())["label_maps_read_as"] == {"ids": 2, "color": 2}
+    expected = reference_images(checkpoint, train_ids(ids)[None], batch_size=8, threads=os.cpu_count())[0]
+    for name in ("ids", "colour", "palette-colour", "palette-ids"):
+        for k in range(TEST_NUM_OUTPUTS):
+            image = np.asarray(Image.open(output / "images" / name / f"{k}.png"))
+            np.testing.assert_array_equal(image, expected[k], err_msg=f"{name} variant {k}")

@@ -5,7 +5,8 @@ reject and carries on with the next sample. The checks, in order:
   1. both files decode completely (a truncated PNG fails here), labels are PNG (lossless);
   2. label and photo have the same size;
   3. the aspect ratio is 1:2, or `crop_to_aspect` cuts the centre 1:2 window out of it;
-  4. the (cropped) image is at least as large as the largest requested resolution;
+  4. the (cropped) image is at least as large as the largest requested resolution, or
+     (`enlarge_small`) it is brought up to it like any other size (below);
   5. every label id / colour is listed by the schema, or (`unknown_labels = "void"`) at most
      `max_unknown_fraction` of the map's pixels are not, and those become void. The default is
      the authors' reading: colour labels go through the palette and any other colour is void
@@ -30,6 +31,19 @@ tone-maps each resolution's photograph as the authors did for their 512p and 102
 Centre crop to 1:2 (only when asked): keep height h' = min(H, W // 2) and width 2h', with
 the window centred (top = (H - h') // 2, left = (W - 2h') // 2). GTA5's 1052x1914 becomes
 the rows 47..1003 (957x1914).
+
+Data sets of varied sizes and aspects (ADE20K, COCO-Stuff: docs/data-formats.md#sizes-and-aspects)
+use both: the centre 1:2 window, then each resolution by the rules above, enlarging when the
+window is smaller (the same formulas: nearest by pixel centres repeats label pixels, bicubic
+interpolates the photo). That is "resize the short side to the store's size, then centre-crop
+to its aspect" done in the other order, so that the photo is resampled once and the label's
+pixels are picked from the source, never from a resized copy.
+
+Label type `auto` reads each map's type off the file (`label_type_of`): one channel is ids, RGB
+is colours, and a palette image is colours when its palette colours explain at least as many
+pixels through the schema as its indices do as ids (a Cityscapes colour map saved as 'P'),
+else ids (an id map stored with a display palette). The synthesis job (`--labels`) and the
+serving endpoint use this one function.
 """
 from __future__ import annotations
 
@@ -49,6 +63,8 @@ ID_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 # The reason's first words, by which a job can add its own advice (preprocessing: --crop-to-aspect).
 WRONG_ASPECT = "wrong aspect ratio"
 COLOR_LABEL_MODES = ("RGB", "RGBA", "P", "PA")
+# Modes that hold one value per pixel and no palette: always ids for label type auto.
+ONE_CHANNEL_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "1")
 UNKNOWN_LABEL_POLICIES = ("void", "reject")
 DEFAULT_UNKNOWN_LABELS = {"color": "void", "ids": "reject"}  # see the module docstring, check 5
 DEFAULT_MAX_UNKNOWN_FRACTION = 0.01
@@ -68,11 +84,12 @@ class BadInput(Exception):
 class PrepareSettings:
     """What decides how a sample is prepared (plain types, so it travels to Ray workers)."""
 
-    label_type: str  # "ids" or "color"
+    label_type: str  # "ids", "color" or "auto" (each file's own: label_type_of)
     schema: dict  # LabelSchema.to_dict()
     resolutions: tuple[Resolution, ...]  # smallest first
     crop_to_aspect: bool
-    unknown_labels: str = ""  # "void" or "reject"; "" = the label type's default
+    enlarge_small: bool = False  # a map smaller than the top resolution is enlarged, not rejected
+    unknown_labels: str = ""  # "void" or "reject"; "" = the label type's default (each map's, with "auto")
     max_unknown_fraction: float = DEFAULT_MAX_UNKNOWN_FRACTION  # with "void": more is rejected
     photo_tone: str = "plain"  # one of PHOTO_TONES
 
@@ -86,12 +103,14 @@ class PreparedSample:
     class_pixels: np.ndarray  # int64 [num_classes]: pixel count per class at the top resolution
     unknown_pixels: int = 0  # source pixels whose id / colour the schema lacks, stored as void
     source_pixels: int = 0  # pixels of the (cropped) source label map
+    label_type: str = ""  # "ids" or "color": how the label map was read
 
 
 @dataclass
 class MappedLabels:
     maps: dict[str, np.ndarray]  # "64x128" -> uint8 class indices
     unknown_pixels: int  # source pixels outside the schema, mapped to void
+    label_type: str = ""  # "ids" or "color": how the map was read
 
 
 class LabelMapper:
@@ -108,10 +127,11 @@ class LabelMapper:
                  max_unknown_fraction: float = DEFAULT_MAX_UNKNOWN_FRACTION):
         self.schema = schema
         self.label_type = label_type
-        self.unknown_labels = unknown_labels or DEFAULT_UNKNOWN_LABELS[label_type]
+        # Per kind of map, so that "auto" applies each type's default unless one is named.
+        self.policy = {kind: unknown_labels or DEFAULT_UNKNOWN_LABELS[kind] for kind in ("ids", "color")}
         self.max_unknown_fraction = max_unknown_fraction
         self.id_table = schema.id_table()
-        if self.unknown_labels == "void":  # ids the schema lacks read as void
+        if self.policy["ids"] == "void":  # ids the schema lacks read as void
             self.id_table = np.where(self.id_table == INVALID, schema.void_index, self.id_table).astype(np.uint8)
             self.known_ids = schema.id_table() != INVALID
         else:
@@ -119,13 +139,37 @@ class LabelMapper:
         self.color_keys, self.color_classes = schema.color_table()
 
     def __call__(self, image: Image.Image, path: str, resolutions: tuple[Resolution, ...]) -> MappedLabels:
-        if self.label_type == "ids" and image.mode in ("L", "P"):
+        kind = self.label_type if self.label_type != "auto" else self.label_type_of(image)
+        if kind == "ids" and image.mode in ("L", "P"):
             unknown = self._check_8bit_ids(image, path)
             ids = np.asarray(image)
-            return MappedLabels({str(r): np.take(self.id_table, downsample_label(ids, r)) for r in resolutions}, unknown)
-        mapper = self._from_ids if self.label_type == "ids" else self._from_colors
+            return MappedLabels({str(r): np.take(self.id_table, downsample_label(ids, r)) for r in resolutions},
+                                unknown, kind)
+        mapper = self._from_ids if kind == "ids" else self._from_colors
         classes, unknown = mapper(image, path)
-        return MappedLabels({str(r): downsample_label(classes, r) for r in resolutions}, unknown)
+        return MappedLabels({str(r): downsample_label(classes, r) for r in resolutions}, unknown, kind)
+
+    def label_type_of(self, image: Image.Image) -> str:
+        """"ids" or "color" for one label image, from its mode and (palette images) its pixels.
+
+        One channel ('L', 'I', 'I;16', '1') holds ids; RGB(A) holds colours; a palette
+        image ('P') is colours when the schema knows at least as many of its pixels by
+        their palette colour as by their index (module docstring). Any other mode reads as
+        colours, whose check then names the mode.
+        """
+        if image.mode in ONE_CHANNEL_MODES:
+            return "ids"
+        if image.mode not in ("P", "PA"):
+            return "color"
+        counts = np.asarray(image.histogram()[:256], dtype=np.int64)
+        palette = np.asarray(image.getpalette("RGB") or [], dtype=np.uint32).reshape(-1, 3)
+        packed = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+        known_colors = np.zeros(256, dtype=bool)
+        if len(packed) and len(self.color_keys):
+            position = np.searchsorted(self.color_keys, packed).clip(0, len(self.color_keys) - 1)
+            known_colors[: len(packed)] = self.color_keys[position] == packed
+        known_ids = self.known_ids[:256]  # the id table covers 0..255 at least
+        return "color" if counts[known_colors].sum() >= counts[known_ids].sum() else "ids"
 
     def _check_8bit_ids(self, image: Image.Image, path: str) -> int:
         pixels_per_id = np.asarray(image.histogram())  # 256 counts, one per 8-bit id
@@ -170,7 +214,7 @@ class LabelMapper:
         limit = 8 if kind == "ids" else 5
         shown = ", ".join(values[:limit]) + (", ..." if len(values) > limit else "")
         reason = f"label {kind} outside schema '{self.schema.name}': {shown} ({pixels} pixels)"
-        if self.unknown_labels == "reject":
+        if self.policy["ids" if kind == "ids" else "color"] == "reject":
             raise BadInput(path, reason)
         if pixels > self.max_unknown_fraction * total:
             raise BadInput(path, f"{reason[:-1]}, {100 * pixels / total:.2f}% of the map; more than "
@@ -225,6 +269,7 @@ def downsample_label(classes: np.ndarray, resolution: Resolution) -> np.ndarray:
 
 
 def downsample_photo(photo: Image.Image, resolution: Resolution) -> np.ndarray:
+    """The photo at `resolution`: bicubic, antialiased when reducing (also enlarges: enlarge_small)."""
     height, width = resolution
     if photo.size == (width, height):
         return np.asarray(photo, dtype=np.uint8)
@@ -278,7 +323,7 @@ class SamplePreparer:
             width, height = label.size
 
         top = self.settings.resolutions[-1]
-        if height < top[0]:
+        if height < top[0] and not self.settings.enlarge_small:
             raise BadInput(label_name, f"too small: {height}x{width} is smaller than the requested "
                                        f"resolution {str(top)}")
 
@@ -290,7 +335,8 @@ class SamplePreparer:
             photos = {str(r): self.tone(downsample_photo(photo_rgb, r)) for r in self.settings.resolutions}
         class_pixels = np.bincount(labels[str(top)].ravel(), minlength=self.schema.num_classes)
         return PreparedSample(sample_id, split, labels, photos, class_pixels.astype(np.int64),
-                              unknown_pixels=mapped.unknown_pixels, source_pixels=width * height)
+                              unknown_pixels=mapped.unknown_pixels, source_pixels=width * height,
+                              label_type=mapped.label_type)
 
 
 def _photo_tone(name: str):

@@ -201,11 +201,18 @@ def cityscapes_schema() -> LabelSchema:
 
 
 def builtin_schemas() -> dict[str, LabelSchema]:
-    return {"cityscapes": cityscapes_schema()}
+    """`cityscapes`, and the schema each registered data-set format brings (ade20k, coco-stuff)."""
+    from pipeline.data.formats import FORMATS
+
+    schemas = {"cityscapes": cityscapes_schema()}
+    for fmt in FORMATS.values():
+        if fmt.build_schema is not None:
+            schemas[fmt.schema] = fmt.build_schema()
+    return schemas
 
 
 def load_schema(name_or_path: str | Path) -> LabelSchema:
-    """A built-in schema by name (`cityscapes`), or a schema JSON file by path."""
+    """A built-in schema by name (`cityscapes`, `ade20k`, `coco-stuff`), or a schema JSON file by path."""
     builtins = builtin_schemas()
     if str(name_or_path) in builtins:
         return builtins[str(name_or_path)]

@@ -5,19 +5,12 @@ that, in parallel). What can be judged from names alone is judged here and becom
 reject with its path and reason: a photo without a label and the reverse, a file that is
 not an image of the layout, two samples with the same id.
 
-Layouts (`root` is a local folder or an s3:// prefix):
-- `cityscapes`: `leftImg8bit/<split>/<city>/<id>_leftImg8bit.png` with
-  `gtFine/<split>/<city>/<id>_gtFine_labelIds.png` (label type `ids`) or
-  `<id>_gtFine_color.png` (`color`). Sample id: `<id>`, e.g. `aachen_000000_000019`.
-  gtFine's other files (instanceIds, labelTrainIds, polygons, the unused label type) are
-  expected there and skipped.
-- `gta5` and `paired`: `images/` and `labels/` with matching relative paths less the
-  extension (`images/00001.png` with `labels/00001.png`), either at the root (one split) or
-  under `<split>/images`, `<split>/labels`. Photos may be PNG or JPEG, labels are PNG.
-  Sample id: the relative path less the extension. GTA5 labels are colour-coded.
-- `labels-only`: label PNGs only (for synthesis), under `<split>/labels/`, else `labels/`,
-  else the root itself.
-Names starting with "." (.DS_Store, our own temporary files) are skipped everywhere.
+The layouts themselves (cityscapes, gta5, paired, labels-only, ade20k, coco-stuff, ...) are
+formats in pipeline.data.formats, one file each, described in docs/data-formats.md; this
+module is what they share: `scan_source` runs a format's scan over its splits with a
+`Scanner`, which lists folders, pairs files by name and collects candidates and rejects.
+`root` is a local folder or an s3:// prefix. Names starting with "." (.DS_Store, our own
+temporary files) are skipped everywhere.
 
 Local folders are walked by the scanner itself, not by pyarrow's recursive listing, so that
 what a file system can hold but a data set should not is a reject with its reason rather
@@ -35,25 +28,10 @@ from dataclasses import asdict, dataclass, field
 import pyarrow.fs as pafs
 
 from pipeline.errors import UserError, first_line
-from pipeline.fs import filesystem_for, is_s3
-
-FORMATS = ("cityscapes", "gta5", "paired", "labels-only")
-LABEL_TYPES = ("ids", "color")
-DEFAULT_LABEL_TYPE = {"cityscapes": "ids", "gta5": "color", "paired": "ids", "labels-only": "ids"}
-DEFAULT_SPLITS = {"cityscapes": ("train", "val")}
+from pipeline.fs import filesystem_for, location_of
 
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg")
 LABEL_EXTENSIONS = (".png",)
-
-CITYSCAPES_PHOTO_SUFFIX = "_leftImg8bit.png"
-CITYSCAPES_LABEL_SUFFIX = {"ids": "_gtFine_labelIds.png", "color": "_gtFine_color.png"}
-CITYSCAPES_GTFINE_COMPANIONS = (
-    "_gtFine_labelIds.png",
-    "_gtFine_color.png",
-    "_gtFine_instanceIds.png",
-    "_gtFine_labelTrainIds.png",
-    "_gtFine_polygons.json",
-)
 
 
 class SourceError(UserError, ValueError):
@@ -98,16 +76,18 @@ class SourceScan:
 
 
 def display_path(root_uri: str, fs_path: str) -> str:
-    """The path a user recognises: s3://bucket/key or the absolute local path."""
-    return "s3://" + fs_path if is_s3(root_uri) else fs_path
+    """The path a user recognises: s3://bucket/key, abfs://container/key or the absolute local path."""
+    return location_of(root_uri, fs_path)
 
 
 def scan_source(uri: str, fmt: str, label_type: str, splits: list[str] | None) -> SourceScan:
     """List and pair the files of `uri` in layout `fmt`; raise SourceError if it is unusable."""
-    if fmt not in FORMATS:
-        raise SourceError(f"unknown source format '{fmt}' (one of: {', '.join(FORMATS)})")
-    if label_type not in LABEL_TYPES:
-        raise SourceError(f"unknown label type '{label_type}' (one of: {', '.join(LABEL_TYPES)})")
+    from pipeline.data.formats import get_format
+
+    layout = get_format(fmt)
+    if label_type not in layout.label_types:
+        raise SourceError(f"label type '{label_type}' does not fit format '{fmt}' "
+                          f"(one of: {', '.join(layout.label_types)})")
     try:
         fs, root = filesystem_for(uri)
         info = fs.get_file_info(root)
@@ -115,20 +95,16 @@ def scan_source(uri: str, fmt: str, label_type: str, splits: list[str] | None) -
         raise SourceError(f"source {uri}: cannot be reached ({first_line(exc)})") from None
     if info.type != pafs.FileType.Directory:
         raise SourceError(f"source {uri}: no such folder")
-    scanner = _Scanner(fs, root, uri)
-    if fmt == "cityscapes":
-        splits = list(splits or DEFAULT_SPLITS["cityscapes"])
-        for split in splits:
-            scanner.scan_cityscapes_split(split, label_type)
-    else:
-        folders = scanner.split_folders(fmt, splits)
-        for split, (label_dir, photo_dir) in folders.items():
-            scanner.scan_paired_split(split, label_dir, photo_dir)
-        splits = list(folders)
-    return scanner.finish(splits)
+    scanner = Scanner(fs, root, uri)
+    names = layout.find_splits(scanner, splits) if layout.find_splits else list(splits or layout.splits)
+    for split in names:
+        layout.scan_split(scanner, split, label_type)
+    return scanner.finish(names)
 
 
-class _Scanner:
+class Scanner:
+    """Lists a source's folders and collects what a format's scan finds: candidates, rejects."""
+
     def __init__(self, fs: pafs.FileSystem, root: str, uri: str):
         self.fs, self.root, self.uri = fs, root, uri
         self.candidates: list[Candidate] = []
@@ -211,74 +187,26 @@ class _Scanner:
             self.fingerprinted[photo.path] = photo
         self.candidates.append(Candidate(split, sample_id, label.path, photo.path if photo else None))
 
-    # ---- Cityscapes ----
+    def path(self, *parts: str) -> str:
+        """A path under the source's root."""
+        return posixpath.join(self.root, *parts)
 
-    def scan_cityscapes_split(self, split: str, label_type: str) -> None:
-        photo_dir = posixpath.join(self.root, "leftImg8bit", split)
-        label_dir = posixpath.join(self.root, "gtFine", split)
-        for folder in (photo_dir, label_dir):
-            if not self.is_dir(folder):
-                raise SourceError(
-                    f"source {self.uri}: split '{split}' not found (no folder {display_path(self.uri, folder)}); "
-                    "choose splits with --splits"
-                )
-        label_suffix = CITYSCAPES_LABEL_SUFFIX[label_type]
-        photos: dict[str, pafs.FileInfo] = {}
-        for relative, info in self.list_files(photo_dir).items():
-            if relative.endswith(CITYSCAPES_PHOTO_SUFFIX):
-                photos[relative[: -len(CITYSCAPES_PHOTO_SUFFIX)]] = info
-            else:
-                self.reject(info, f"not a Cityscapes photo (expected *{CITYSCAPES_PHOTO_SUFFIX})")
-        labels: dict[str, pafs.FileInfo] = {}
-        for relative, info in self.list_files(label_dir).items():
-            if relative.endswith(label_suffix):
-                labels[relative[: -len(label_suffix)]] = info
-            elif not relative.endswith(CITYSCAPES_GTFINE_COMPANIONS):
-                self.reject(info, f"not a Cityscapes label (expected *{label_suffix})")
-        for key in sorted(photos.keys() | labels.keys()):
-            photo, label = photos.get(key), labels.get(key)
-            if label is None:
-                self.reject(photo, self.missing("photo", "label", posixpath.join(label_dir, key + label_suffix)))
-            elif photo is None:
-                expected = posixpath.join(photo_dir, key + CITYSCAPES_PHOTO_SUFFIX)
-                self.reject(label, self.missing("label", "photo", expected))
-            else:
-                self.add(split, posixpath.basename(key), label, photo)
+    def shown(self, path: str) -> str:
+        return display_path(self.uri, path)
 
-    # ---- images/ + labels/ folders ----
-
-    def split_folders(self, fmt: str, splits: list[str] | None) -> dict[str, tuple[str, str | None]]:
-        """{split: (label folder, photo folder or None)} for the flat layouts."""
-        wants_photos = fmt != "labels-only"
-        by_split = {}
-        names = splits or sorted(
-            info.base_name
-            for info in self.fs.get_file_info(pafs.FileSelector(self.root))
-            if info.type == pafs.FileType.Directory and not info.base_name.startswith(".")
-        )
-        for split in names:
-            label_dir = posixpath.join(self.root, split, "labels")
-            if self.is_dir(label_dir):
-                by_split[split] = (label_dir, posixpath.join(self.root, split, "images") if wants_photos else None)
-        if by_split:
-            missing = [s for s in (splits or []) if s not in by_split]
-            if missing:
-                raise SourceError(f"source {self.uri}: split '{missing[0]}' not found (no {missing[0]}/labels)")
-            return by_split
-        if splits and len(splits) > 1:
+    def require_dir(self, folder: str, split: str) -> None:
+        """SourceError unless `folder` (a split's label or photo folder) is there."""
+        if not self.is_dir(folder):
             raise SourceError(
-                f"source {self.uri}: has no <split>/labels folders, so it holds one split; "
-                "name it with one --splits value"
+                f"source {self.uri}: split '{split}' not found (no folder {self.shown(folder)}); "
+                "choose splits with --splits"
             )
-        split = splits[0] if splits else "train"
-        label_dir = posixpath.join(self.root, "labels")
-        if self.is_dir(label_dir):
-            return {split: (label_dir, posixpath.join(self.root, "images") if wants_photos else None)}
-        if not wants_photos:
-            return {split: (self.root, None)}
-        raise SourceError(f"source {self.uri}: no labels/ folder (layout '{fmt}' needs images/ and labels/)")
 
-    def scan_paired_split(self, split: str, label_dir: str, photo_dir: str | None) -> None:
+    # ---- labels and photos paired by their relative path less the extension ----
+
+    def scan_paired_split(self, split: str, label_dir: str, photo_dir: str | None,
+                          photo_extensions: tuple[str, ...] = PHOTO_EXTENSIONS) -> None:
+        """Pair `label_dir/<stem>.png` with `photo_dir/<stem>.<photo extension>` (or labels alone)."""
         labels = self._by_stem(label_dir, LABEL_EXTENSIONS, "label")
         if photo_dir is None:
             for stem in sorted(labels):
@@ -286,7 +214,7 @@ class _Scanner:
             return
         if not self.is_dir(photo_dir):
             raise SourceError(f"source {self.uri}: no images/ folder beside {display_path(self.uri, label_dir)}")
-        photos = self._by_stem(photo_dir, PHOTO_EXTENSIONS, "photo")
+        photos = self._by_stem(photo_dir, photo_extensions, "photo")
         for stem in sorted(photos.keys() | labels.keys()):
             photo, label = photos.get(stem), labels.get(stem)
             if label is None:

@@ -1,4 +1,5 @@
-"""A toy street-scene data set in the Cityscapes layout, drawn procedurally and deterministically.
+"""A toy street-scene data set in the Cityscapes layout, drawn procedurally and deterministically,
+and small block-drawn toys in the ADE20K and COCO-Stuff layouts (`generate_layout_toy`).
 
     python -m pipeline.data.toy --out work/toy --train 24 --val 6 --size 256x512 --preview work/toy.png
 
@@ -280,6 +281,72 @@ def generate_toy_dataset(
     return written
 
 
+# ---- the other layouts: ADE20K and COCO-Stuff, JPEG photos of mixed sizes and aspects ----
+
+# (height, width) of the toy photos, cycled: landscape, portrait, wide, square, small.
+LAYOUT_SIZES = ((48, 64), (64, 48), (40, 100), (56, 56), (24, 32))
+
+
+def layout_paths(layout: str, split: str, name: str) -> tuple[str, str]:
+    """(photo, label) paths of one sample, relative to the data set's root, in `layout`."""
+    if layout == "ade20k":
+        folder = {"train": "training", "val": "validation"}[split]
+        return f"images/{folder}/{name}.jpg", f"annotations/{folder}/{name}.png"
+    if layout == "coco-stuff":
+        return f"{split}2017/{name}.jpg", f"stuffthingmaps_trainval2017/{split}2017/{name}.png"
+    raise ValueError(f"no toy layout {layout!r} (ade20k or coco-stuff)")
+
+
+def layout_name(layout: str, split: str, index: int) -> str:
+    if layout == "ade20k":
+        return f"ADE_{split}_{index + 1:08d}"
+    return f"{SPLIT_CODES[split] * 500000 + index + 1:012d}"
+
+
+def render_blocks(rng: np.random.Generator, height: int, width: int, ids: np.ndarray,
+                  colors: dict[int, tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """A background class with a few rectangles of others: (photo uint8 [H, W, 3], ids uint8 [H, W])."""
+    label = np.full((height, width), rng.choice(ids), dtype=np.uint8)
+    for _ in range(4):
+        top, left = int(rng.integers(0, height - 4)), int(rng.integers(0, width - 4))
+        bottom = top + int(rng.integers(4, height // 2 + 5))
+        right = left + int(rng.integers(4, width // 2 + 5))
+        label[top:bottom, left:right] = rng.choice(ids)
+    table = np.zeros((256, 3), dtype=np.float32)
+    for value, color in colors.items():
+        table[value] = color
+    photo = table[label] + rng.normal(0, 6, (height, width, 3))
+    return np.clip(photo, 0, 255).astype(np.uint8), label
+
+
+def generate_layout_toy(root: str | Path, layout: str, num_train: int, num_val: int, seed: int = 0,
+                        sizes: tuple[tuple[int, int], ...] = LAYOUT_SIZES) -> dict[str, list[str]]:
+    """A few samples in the ADE20K or COCO-Stuff layout (`layout`: "ade20k" or "coco-stuff"):
+    JPEG photos, one-channel label PNGs with the data set's ids, sizes cycling through `sizes`.
+    Returns the sample ids written per split; the same arguments write the same files."""
+    from pipeline.data.schema import load_schema
+
+    schema = load_schema(layout)
+    colors = {cls.ids[0]: (cls.colors or ((128, 128, 128),))[0] for cls in schema.classes}
+    ids = np.array(sorted(colors), dtype=np.uint8)
+    root = Path(root)
+    written: dict[str, list[str]] = {}
+    for split, count in (("train", num_train), ("val", num_val)):
+        written[split] = []
+        for index in range(count):
+            rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+            height, width = sizes[index % len(sizes)]
+            photo, label = render_blocks(rng, height, width, ids, colors)
+            name = layout_name(layout, split, index)
+            photo_path, label_path = (root / p for p in layout_paths(layout, split, name))
+            photo_path.parent.mkdir(parents=True, exist_ok=True)
+            label_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(photo).save(photo_path, quality=92)
+            Image.fromarray(label).save(label_path)
+            written[split].append(name)
+    return written
+
+
 def _scene_size(text: str) -> str:
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts) or int(parts[1]) != 2 * int(parts[0]):
@@ -329,10 +396,17 @@ class ToyConfig:
     seed: int = option(0, "seed: the same seed writes the same files")
     size: str = option("256x512", "scene size HxW (any size with W = 2H)", parse=_scene_size)
     preview: str = option("", "also write a contact sheet PNG of a few scenes here")
+    layout: str = option("cityscapes", "cityscapes: street scenes of --size; ade20k or coco-stuff: small block "
+                                       "scenes in that layout, JPEG photos of mixed sizes (no --size, no --preview)",
+                         choices=("cityscapes", "ade20k", "coco-stuff"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = from_argv(ToyConfig, argv, prog="python -m pipeline.data.toy", description=__doc__.split("\n\n")[0])
+    if args.layout != "cityscapes":
+        written = generate_layout_toy(args.out, args.layout, args.train, args.val, args.seed)
+        print(f"wrote {len(written['train'])} train + {len(written['val'])} val {args.layout} samples to {args.out}")
+        return 0
     height, width = (int(v) for v in args.size.split("x"))
     written = generate_toy_dataset(args.out, args.train, args.val, args.seed, (height, width))
     print(f"wrote {len(written['train'])} train + {len(written['val'])} val scenes of {height}x{width} to {args.out}")

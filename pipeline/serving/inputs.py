@@ -7,25 +7,22 @@ completely (Pillow's pixel limit refuses a decompression bomb from its header), 
 1:2, at least the model's resolution, every colour (or id) looked up in the schema, colours
 outside the palette made void up to a fraction of the map, then brought to the model's
 resolution by nearest neighbour. A colour PNG is read through the palette, a one-channel
-PNG as schema ids (`?label_type=` overrides the guess).
+PNG as schema ids, a palette PNG by what its pixels mean in the schema: the guess is the
+synthesis job's own (pipeline.data.prepare.LabelMapper.label_type_of); `?label_type=`
+overrides it.
 
 Each problem is a `BadRequest`: an HTTP status and a one-line reason.
 """
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from crn.resolution import Resolution
 from pipeline.data.prepare import BadInput, PrepareSettings, SamplePreparer
 from pipeline.data.schema import LabelSchema
 
-# Pillow's own modes of a one-channel image, which hold ids rather than colours.
-ID_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "1")
 LABEL_TYPES = ("auto", "ids", "color")
 # The first words of prepare's reason for an image over Pillow's pixel limit (decode_image).
 TOO_LARGE = "label image too large"
@@ -62,14 +59,13 @@ class LabelReader:
     def __call__(self, body: bytes, label_type: str = "auto") -> LabelMap:
         if label_type not in LABEL_TYPES:
             raise BadRequest(400, f"label_type '{label_type}' is not one of {', '.join(LABEL_TYPES)}")
-        kind = guess_label_type(body) if label_type == "auto" else label_type
-        settings = PrepareSettings(label_type=kind, schema=self.schema.to_dict(), resolutions=(self.resolution,),
+        settings = PrepareSettings(label_type=label_type, schema=self.schema.to_dict(), resolutions=(self.resolution,),
                                    crop_to_aspect=False, max_unknown_fraction=self.max_unknown_fraction)
         try:
             prepared = _BodyPreparer(settings, body).prepare("request", "request", "request body", None)
         except BadInput as bad:
             raise BadRequest(status_of(bad.reason), bad.reason) from None
-        return LabelMap(prepared.labels[str(self.resolution)], kind, prepared.unknown_pixels)
+        return LabelMap(prepared.labels[str(self.resolution)], prepared.label_type, prepared.unknown_pixels)
 
 
 class _BodyPreparer(SamplePreparer):
@@ -82,18 +78,6 @@ class _BodyPreparer(SamplePreparer):
 
     def read(self, path: str) -> bytes:
         return self.body
-
-
-def guess_label_type(body: bytes) -> str:
-    """"ids" for a one-channel PNG, else "color"; read from the header alone. A body Pillow
-    cannot open is guessed "color": preparing it then says what is wrong with it."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a bomb's warning: prepare refuses it with its reason
-            with Image.open(io.BytesIO(body)) as image:
-                return "ids" if image.mode in ID_MODES else "color"
-    except Exception:  # any unreadable body: prepare names the reason
-        return "color"
 
 
 def status_of(reason: str) -> int:

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from crn.resolution import Resolution
-from pipeline.data.sources import LABEL_TYPES
+from pipeline.data.formats import LABEL_TYPES
 from pipeline.data.store import VAL_SPLIT
 from pipeline.errors import UserError
 from pipeline.fs import absolute
 from pipeline.options import (PRECISIONS, at_least, batch_size_option, dry_run_option, experiment_option, from_argv,
                               non_negative, option, run_name_option, store_option)
 from pipeline.registry.uris import model_uri
+from pipeline.runtime import lasting_output
 
 
 @dataclass
@@ -25,7 +26,8 @@ class SynthesizeConfig:
     store: str = store_option("preprocessed store (folder or s3://bucket/prefix) to read a split of; or --labels", "")
     split: str = option(VAL_SPLIT, "store split to synthesize")
     labels: str = option("", "folder (or s3:// prefix) of label map PNGs, no photos needed; or --store")
-    label_type: str = option("ids", "--labels maps hold schema ids (one channel) or colours (RGB)", choices=LABEL_TYPES)
+    label_type: str = option("auto", "--labels maps hold schema ids (one channel) or colours (RGB); auto: each file's "
+                                     "mode and palette decide (the log counts each kind)", choices=LABEL_TYPES)
     schema: str = option("cityscapes", "label schema of --labels maps: built-in name or JSON file")
     resolution: Resolution | None = option(None, "HxW; default: the model's top resolution (the only one it takes)")
     limit: int = option(0, "synthesize at most this many samples now (0 = all); re-running does the rest",
@@ -65,8 +67,9 @@ def resolve(config: SynthesizeConfig) -> SynthesizeConfig:
     """Make the config explicit: the model URI spelled out, local paths absolute, counts filled in."""
     config.check()
     resolved = dataclasses.replace(config, model=model_uri(config.model))
-    for name in ("model", "output", "store", "labels"):
+    for name in ("model", "store", "labels"):
         setattr(resolved, name, absolute(getattr(resolved, name)))
+    resolved.output = lasting_output(resolved.output, "--output")
     if resolved.num_actors == 0 and not resolved.use_gpu:
         resolved.num_actors = 1  # with --use-gpu: the cluster's GPU count, known once Ray is up
     if resolved.threads_per_actor == 0 and not resolved.use_gpu:

@@ -12,6 +12,11 @@ A folder of label maps goes through exactly the checks preprocessing applies
 that are not PNG, unreadable or truncated, not 1:2, smaller than the model's resolution, or
 holding ids/colours outside the schema are rejected with their path; good ones are mapped
 to class indices and downsampled to the model's resolution by nearest neighbour.
+
+With label type `auto` (the default) each map is read as ids or colours by its own mode and
+palette (pipeline.data.prepare.LabelMapper.label_type_of, which the workers apply too); the
+driver reads the same off every file while it reads their sizes, and says how many maps
+it reads each way.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import pyarrow.fs as pafs
 from PIL import Image
 
 from crn.resolution import Resolution
-from pipeline.data.prepare import BadInput, PrepareSettings, SamplePreparer
+from pipeline.data.prepare import BadInput, LabelMapper, PrepareSettings, SamplePreparer
 from pipeline.data.schema import LabelSchema
 from pipeline.data.sources import SourceError, display_path, scan_source
 from pipeline.data.store import open_store
@@ -45,6 +50,9 @@ class SynthesisInput:
     # downsamples to it by nearest neighbour: {"HxW": count}. Empty for a store, whose maps
     # are stored at the model's resolution.
     larger: dict[str, int] = field(default_factory=dict)
+    # How a folder's maps are read: {"ids": n, "color": m} (by each file's own type with
+    # label type auto). Empty for a store.
+    label_types: dict[str, int] = field(default_factory=dict)
 
 
 def open_store_split(uri: str, split: str, resolution: Resolution) -> SynthesisInput:
@@ -90,34 +98,44 @@ def open_label_folder(uri: str, schema: LabelSchema, label_type: str, resolution
     def build_dataset():
         import ray.data
 
+        # Said when the work starts: a dry run and the driver's checks print nothing more.
+        print(f"synthesize: label folder {uri}: {kinds['ids']} maps read as ids, {kinds['color']} as colours, {how}")
         return ray.data.from_items(items).map_batches(
             _prepare_labels,
             fn_kwargs={"settings": settings, "filesystem": scan.filesystem, "uri": uri},
             batch_format="numpy",
         )
 
-    sizes = label_sizes(scan.filesystem, [item["path"] for item in items])
+    mapper = LabelMapper(schema, label_type)
+    headers = label_headers(scan.filesystem, [item["path"] for item in items], mapper)
+    sizes = Counter(size for size, _ in headers)
     larger = {str(size): count for size, count in sorted(sizes.items())
               if size.is_crn_size and size.height > resolution.height}
+    kinds = Counter(kind for _, kind in headers)
+    label_types = {kind: kinds[kind] for kind in ("ids", "color") if kinds[kind]}
+    how = "by each file's own type (--label-type auto)" if label_type == "auto" else f"as --label-type {label_type}"
     return SynthesisInput(build_dataset, preview, schema, f"label folder {uri}", rejects, has_photos=False,
-                          larger=larger)
+                          larger=larger, label_types=label_types)
 
 
-def label_sizes(filesystem: pafs.FileSystem, paths: list[str]) -> Counter:
-    """{Resolution: count} of label maps, from their headers alone (a few hundred bytes each, read
-    in parallel: on S3 each is one small request). Unreadable files are left out: the job
-    rejects them with their reason."""
+def label_headers(filesystem: pafs.FileSystem, paths: list[str],
+                  mapper: LabelMapper) -> list[tuple[Resolution, str]]:
+    """(size, label type read) of each readable label map. Sizes and one-channel or RGB types
+    come from the headers alone (a few hundred bytes each, read in parallel: on S3 each is one
+    small request); a palette map under label type auto is read whole, as its pixels decide.
+    Unreadable files are left out: the job rejects them with their reason."""
 
-    def size(path: str) -> Resolution | None:
+    def header(path: str) -> tuple[Resolution, str] | None:
         try:
             with filesystem.open_input_file(path) as handle, Image.open(handle) as image:
                 width, height = image.size
-                return Resolution(height, width)
+                kind = mapper.label_type if mapper.label_type != "auto" else mapper.label_type_of(image)
+                return Resolution(height, width), kind
         except Exception:  # any unreadable file: the job's own checks say why
             return None
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return Counter(s for s in pool.map(size, paths) if s is not None)
+        return [h for h in pool.map(header, paths) if h is not None]
 
 
 def _prepare_labels(batch: dict[str, np.ndarray], settings: PrepareSettings, filesystem: pafs.FileSystem, uri: str) -> dict[str, np.ndarray]:

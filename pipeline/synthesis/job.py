@@ -303,7 +303,7 @@ def run(config: SynthesizeConfig, model: ModelRef | None = None) -> SynthesisOut
     num_actors = actor_pool_size(config)  # before the output is claimed: job.json pins the threads
     try:
         fs, root = filesystem_for(config.output)
-        claim_output(fs, root, config.output, plan.identity, {"larger_inputs": plan.input.larger})
+        claim_output(fs, root, config.output, plan.identity, {"larger_inputs": plan.input.larger, "label_maps_read_as": plan.input.label_types})
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot write to output {config.output}: {str(exc).strip().splitlines()[0]}") from None
     if plan.input.larger:

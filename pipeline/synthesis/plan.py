@@ -40,6 +40,7 @@ class SynthesisPlan:
             "model.config": self.model.config.to_dict(),
             "data.input": self.input.description,
             "data.larger_inputs": self.input.larger,
+            **{f"data.label_maps_read_as_{kind}": count for kind, count in self.input.label_types.items()},
             "data.schema": self.model.schema.name,
             "data.resolution": self.identity.resolution,
         }
