@@ -106,8 +106,10 @@ def test_only_the_store_opens_store_parts():
     # Store.files lists the Parquet parts; whoever needs rows asks the store (or its row reader).
     assert modules_calling("files") <= {"pipeline.data.store", "pipeline.data.rows"}
     parquet_readers = {name for name in MODULES if "pyarrow.parquet" in imports_of(MODULES[name])}
-    # The store reads its parts, the shard writer writes them; synthesis reads its own manifest.
+    # The store reads its parts, the shard writer writes them, the integrity checks and the
+    # verify command read their footers and bytes; synthesis reads its own manifest.
     assert parquet_readers <= {"pipeline.data.store", "pipeline.data.rows", "pipeline.data.shards",
+                               "pipeline.data.integrity", "pipeline.data.verify",
                                "pipeline.synthesis.outputs"}, parquet_readers
 
 

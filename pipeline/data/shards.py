@@ -5,8 +5,11 @@ samples; shard i of split s becomes `data/<key>/<s>/part-<i>.parquet`. The cut d
 on the candidates and the settings, never on how many workers run, so the store is the same
 whatever the parallelism. `build_shard` is what a Ray Data task runs for one shard: prepare
 each sample (pipeline.data.prepare), write the part in one atomic step, and return a small
-summary (rows, class pixels, rejects) for the manifest. The summary is also stored in the
-part's Parquet footer, so a rerun reuses a finished part by reading its footer alone.
+summary (rows, class pixels, rejects, size and sha256) for the manifest. The summary is also
+stored in the part's Parquet footer, so a rerun reuses a finished part by reading its footer
+alone, after the cheap integrity check (pipeline.data.integrity): a part that is torn, or
+whose size differs from the one the store's manifest records, is rebuilt, and its summary
+says why.
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+from pipeline.data.integrity import CHECKSUM, HashingWriter, check_part, file_checksum
 from pipeline.data.prepare import BadInput, PreparedSample, PrepareSettings, SamplePreparer
 from pipeline.data.sources import Candidate, display_path
 from pipeline.data.store import StoreError, arrow_schema, label_column, photo_column, write_part
+from pipeline.errors import first_line
 from pipeline.fs import join, write_atomically
 
 PART_METADATA_KEY = b"crn.part"
@@ -77,14 +81,18 @@ def build_shard(
     source_uri: str,
     store_fs: pafs.FileSystem,
     store_root: str,
+    listed: dict[str, dict] | None = None,
 ) -> dict:
     """Ray Data `map` function: one shard row in, one summary row out (JSON text).
 
-    The summary has "error" instead of the counts when the part could not be written.
+    `listed`: the manifest entries of the parts that the store's current manifest lists in
+    this run's data folder, by path: a part found there is reused only if it matches its
+    entry, and keeps the entry's checksum. The summary has "error" instead of the counts
+    when the part could not be written, and "rewritten" (why) when a listed part was damaged.
     """
     shard = Shard.from_row(row)
     target = join(store_root, shard.path)
-    summary = _finished_part_summary(store_fs, target, shard)
+    summary, why = _finished_part_summary(store_fs, target, shard, (listed or {}).get(shard.path))
     if summary is None:
         try:
             summary = _build(shard, settings, source_fs, source_uri, store_fs, target)
@@ -92,6 +100,8 @@ def build_shard(
             # Reported, not raised: the other parts still get written (a rerun then has
             # less to do), and the driver turns it into one line instead of a Ray traceback.
             summary = {"split": shard.split, "index": shard.index, "error": str(exc)}
+        if why:
+            summary["rewritten"] = why
     return {"summary": json.dumps(summary)}
 
 
@@ -116,6 +126,7 @@ def _build(shard: Shard, settings: PrepareSettings, source_fs, source_uri, store
         "path": shard.path if prepared else None,
         "rows": len(prepared),
         "bytes": 0,
+        CHECKSUM: None,
         "class_pixels": class_pixels.tolist(),
         "rejects": rejects,
         "unknown_labels": unknown,
@@ -126,10 +137,17 @@ def _build(shard: Shard, settings: PrepareSettings, source_fs, source_uri, store
         table = _to_table(prepared, [str(r) for r in settings.resolutions])
         stored_summary = {**summary, "reused": True}  # what a later run will read back
         table = table.replace_schema_metadata({PART_METADATA_KEY: json.dumps(stored_summary)})
+        writers = []
+
+        def write(handle) -> None:
+            writers.append(HashingWriter(handle))
+            write_part(table, writers[-1])
+
         try:
-            summary["bytes"] = write_atomically(store_fs, target, lambda handle: write_part(table, handle))
+            summary["bytes"] = write_atomically(store_fs, target, write)
         except OSError as exc:
             raise StoreError(f"cannot write {target}: {str(exc).strip().splitlines()[0]}") from None
+        summary[CHECKSUM] = writers[-1].hexdigest()
     return summary
 
 
@@ -146,22 +164,32 @@ def _to_table(samples: list[PreparedSample], resolutions: list[str]) -> pa.Table
     return pa.table(columns, schema=arrow_schema(resolutions))
 
 
-def _finished_part_summary(store_fs: pafs.FileSystem, target: str, shard: Shard) -> dict | None:
-    """The stored summary of a complete part built from the same inputs, else None.
+def _finished_part_summary(store_fs: pafs.FileSystem, target: str, shard: Shard,
+                           listed: dict | None) -> tuple[dict | None, str]:
+    """(the stored summary of a sound, complete part built from the same inputs, "") or
+    (None, why the part is to be rewritten; "" when there is nothing to tell: no such part).
 
-    A part that is missing, unreadable (say, cut short on a filesystem without atomic
-    rename) or built from other inputs is rebuilt and overwritten.
+    `listed` is the part's entry in the store's manifest, if it has one: then the part must
+    have that size, and keeps that checksum. A part that is missing, torn (say, cut short on
+    a filesystem without atomic rename), of another size, or built from other inputs is
+    rebuilt and overwritten.
     """
     try:
-        if store_fs.get_file_info(target).type != pafs.FileType.File:
-            return None
-        with store_fs.open_input_file(target) as handle:
-            metadata = pq.ParquetFile(handle).metadata
-        size = store_fs.get_file_info(target).size
-        summary = json.loads(metadata.metadata[PART_METADATA_KEY])
-    except Exception:  # any failure to read it back means: build it again
-        return None
-    if summary.get("inputs") != shard.digest() or metadata.num_rows != summary.get("rows"):
-        return None
-    return {**summary, "bytes": size}
-
+        check = check_part(store_fs, target, listed or {})
+        if check.problem == "missing":
+            return None, "missing" if listed else ""
+        if check.problem is not None:
+            return None, check.problem
+        summary = json.loads(check.footer.metadata[PART_METADATA_KEY])
+    except Exception as exc:  # any failure to read it back means: build it again
+        return None, f"unreadable ({first_line(exc)})"
+    if summary.get("inputs") != shard.digest():
+        return None, "built from other inputs" if listed else ""
+    if check.footer.num_rows != summary.get("rows"):
+        return None, f"{check.footer.num_rows} rows, its footer's summary says {summary.get('rows')}"
+    checksum = (listed or {}).get(CHECKSUM)
+    if checksum is None:  # a part of an interrupted run, or of a store written without checksums
+        size, checksum = file_checksum(store_fs, target)
+        if size != check.size:
+            return None, f"changed while it was read ({check.size} then {size} bytes)"
+    return {**summary, "bytes": check.size, CHECKSUM: checksum}, ""

@@ -10,7 +10,9 @@ each task decodes, validates, maps classes, downsamples to every resolution and 
 Parquet part (pipeline.data.shards). Only small summaries come back to the driver, so memory
 stays flat as the data set grows. Last, the manifest (pipeline.data.store) is written in one
 atomic step. A rerun over unchanged sources reuses finished parts and gives the same
-store; bad inputs are listed with their reasons in the manifest and on stderr.
+store; a part that fails the cheap integrity check (size, footer: pipeline.data.integrity)
+is not reused but rewritten, and the run names it and says why. Bad inputs are listed with
+their reasons in the manifest and on stderr.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
 
+from pipeline.data.integrity import CHECKSUM
 from pipeline.data.prepare import WRONG_ASPECT, PrepareSettings
 from pipeline.data.schema import load_schema
 from pipeline.data.shards import build_shard, plan_shards
 from pipeline.data.sources import scan_source
-from pipeline.data.store import STORE_FORMAT, StoreError, check_destination, read_manifest, write_manifest
+from pipeline.data.store import (STORE_FORMAT, StoreError, check_destination, manifest_parts, part_checks,
+                                 read_manifest, write_manifest)
 from pipeline.errors import UserError
 from pipeline.fs import filesystem_for, join, uri_join
 from pipeline.options import to_dict
@@ -69,18 +73,28 @@ def build_store(config: PreprocessConfig, schema) -> dict:
 
     key = _store_key(config, schema.fingerprint(), scan.fingerprint)
     data_dir = f"data/{key}"
-    existing = _complete_manifest(store_fs, store_root, config.out)
+    existing = _current_manifest(store_fs, store_root, config.out)
+    listed = {}
     if existing is not None and existing.get("key") == key:
-        print(f"preprocess: {config.out} is up to date (same sources and settings); nothing to do")
-        _print_summary(existing, config.out, time.perf_counter() - started, written=0, reused=0)
-        return existing
+        damaged = _damaged_parts(store_fs, store_root, config.out, existing)
+        if not damaged:
+            print(f"preprocess: {config.out} is up to date (same sources and settings); nothing to do")
+            _print_summary(existing, config.out, time.perf_counter() - started, written=0, reused=0)
+            return existing
+        print(f"preprocess: {config.out} has the same sources and settings, but {len(damaged)} of its parts "
+              f"are damaged or missing: rewriting them")
+        # Parts found in the folder are reused only if they match these entries.
+        listed = {part["path"]: part for part in manifest_parts(existing)}
 
     shards = plan_shards(scan.candidates, scan.splits, config.rows_per_file, data_dir)
     settings = PrepareSettings(label_type=config.label_type, schema=schema.to_dict(),
                                resolutions=config.resolutions, crop_to_aspect=config.crop_to_aspect,
-                               unknown_labels=config.unknown_labels, max_unknown_fraction=config.max_unknown_fraction,
+                               enlarge_small=config.small_images == "enlarge", unknown_labels=config.unknown_labels, max_unknown_fraction=config.max_unknown_fraction,
                                photo_tone=config.photo_tone)
-    summaries = _run_shards(shards, settings, config, scan, store_fs, store_root)
+    summaries = _run_shards(shards, settings, config, scan, store_fs, store_root, listed)
+    for summary in summaries:
+        if summary.get("rewritten"):
+            print(f"preprocess: rewrote {uri_join(config.out, summary['path'] or '')}: {summary['rewritten']}")
 
     manifest = _manifest(config, schema, scan, key, data_dir, summaries)
     if sum(split["count"] for split in manifest["splits"].values()) == 0:
@@ -94,7 +108,7 @@ def build_store(config: PreprocessConfig, schema) -> dict:
     return manifest
 
 
-def _run_shards(shards, settings, config, scan, store_fs, store_root) -> list[dict]:
+def _run_shards(shards, settings, config, scan, store_fs, store_root, listed) -> list[dict]:
     """The Ray Data stage: one task per shard; summaries stream back as parts finish."""
     import ray.data
 
@@ -108,6 +122,7 @@ def _run_shards(shards, settings, config, scan, store_fs, store_root) -> list[di
             "source_uri": config.source,
             "store_fs": store_fs,
             "store_root": store_root,
+            "listed": listed,
         },
     )
     summaries, errors = [], []
@@ -132,7 +147,8 @@ def _manifest(config, schema, scan, key, data_dir, summaries) -> dict:
         class_pixels = [sum(values) for values in zip(*(s["class_pixels"] for s in parts))]
         splits[split] = {
             "count": sum(s["rows"] for s in parts),
-            "files": [{"path": s["path"], "rows": s["rows"], "bytes": s["bytes"]} for s in parts if s["path"]],
+            "files": [{"path": s["path"], "rows": s["rows"], "bytes": s["bytes"], CHECKSUM: s[CHECKSUM]}
+                      for s in parts if s["path"]],
             "class_pixels": class_pixels or [0] * schema.num_classes,
         }
     rejects = [r.to_dict() for r in scan.rejects] + [r for s in summaries for r in s["rejects"]]
@@ -177,15 +193,18 @@ def _store_key(config: PreprocessConfig, schema_fingerprint: str, source_fingerp
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _complete_manifest(store_fs, store_root: str, uri: str) -> dict | None:
-    """The manifest already at the destination if its every part is present, else None."""
+def _current_manifest(store_fs, store_root: str, uri: str) -> dict | None:
+    """The manifest already at the destination, if there is a readable one."""
     try:
-        manifest = read_manifest(store_fs, store_root, uri)
+        return read_manifest(store_fs, store_root, uri)
     except StoreError:
         return None
-    paths = [join(store_root, f["path"]) for split in manifest["splits"].values() for f in split["files"]]
-    infos = store_fs.get_file_info(paths) if paths else []
-    return manifest if all(info.size is not None and info.size > 0 for info in infos) else None
+
+
+def _damaged_parts(store_fs, store_root: str, uri: str, manifest: dict) -> list[str]:
+    """The manifest's parts that fail the cheap integrity check (missing, torn, resized)."""
+    checks = part_checks(store_fs, store_root, manifest, uri)
+    return [part["path"] for part, check in zip(manifest_parts(manifest), checks) if check.problem is not None]
 
 
 def _remove_leftovers(store_fs, store_root: str, manifest: dict) -> None:
