@@ -95,15 +95,54 @@ def log_store_input(uri: str, store, split: str) -> None:
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
 
     source = (store.manifest.get("source") or {}).get("uri", "")
     name = f"{os.path.basename(source.rstrip('/')) or 'store'}:{split}"
     with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": all of them fit
         warnings.simplefilter("ignore", UserWarning)
-        source_of_data = resolve_dataset_source(uri)
+        try:
+            source_of_data = resolve_dataset_source(uri)
+        except MlflowException:
+            source_of_data = _storage_source(uri)
     dataset = MetaDataset(source=source_of_data, name=name, digest=store.manifest.get("key", "")[:20])
     mlflow.log_input(dataset, context=split, tags={"crn.store_fingerprint": store.manifest.get("key", ""),
                                                     "crn.samples": str(store.count(split))})
+
+
+def _storage_source(uri: str):
+    """An MLflow dataset source for a store location MLflow has no resolver for: it knows the
+    schemes of its own artifact stores (paths, s3://, gs://, abfss://, ...), not every one
+    pipeline.fs opens (abfs://, az://, gcs://). It records the location as given."""
+    from mlflow.data.dataset_source import DatasetSource
+
+    class StorageSource(DatasetSource):
+        def __init__(self, location: str):
+            self.uri = location
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return "storage"
+
+        def load(self, **kwargs):
+            raise NotImplementedError("open the store with pipeline.data.store.open_store")
+
+        @staticmethod
+        def _can_resolve(raw_source) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source):
+            return cls(str(raw_source))
+
+        def to_dict(self) -> dict:
+            return {"uri": self.uri}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict):
+            return cls(source_dict["uri"])
+
+    return StorageSource(uri)
 
 
 def log_model_input(model_name: str | None, version: str | None) -> None:

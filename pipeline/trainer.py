@@ -49,10 +49,10 @@ import torch
 from ray.train import UserCallback
 
 from pipeline.errors import UserError
-from pipeline.fs import absolute, filesystem_for, is_s3, read_bytes, uri_join
+from pipeline.fs import filesystem_for, is_local, read_bytes, uri_join
 from pipeline.options import AUTO, at_least, identity_of, non_negative, option, positive
 from pipeline.records import start_job_run
-from pipeline.runtime import setup_mlflow, tracking_uri, work_dir
+from pipeline.runtime import lasting_output, setup_mlflow, tracking_uri, work_dir
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ class TrainingConfig:
                                      check=non_negative, group=WORKERS)
     run_name: str = option(AUTO, "Ray Train run name; re-running with the same name resumes; auto = from the config",
                            group=RUN)
-    storage_path: str = option(AUTO, "folder or s3:// prefix for runs and checkpoints; auto = <work dir>/ray_results",
+    storage_path: str = option(AUTO, "folder or URL (s3://, abfs://, ...) for runs and checkpoints; "
+                               "auto = <work dir>/ray_results",
                                group=RUN)
     checkpoint_every: int = option(500, "steps between checkpoints (one is always written at the end)",
                                    check=at_least(1), group=RUN)
@@ -103,7 +104,7 @@ class TrainingConfig:
 
 def storage_location(storage_path: str) -> str:
     """A `--storage-path` resolved: "auto" is `<work dir>/ray_results`; local paths absolute."""
-    return absolute(str(work_dir() / "ray_results") if storage_path == AUTO else storage_path)
+    return lasting_output(str(work_dir() / "ray_results") if storage_path == AUTO else storage_path, "--storage-path")
 
 
 def default_run_name(prefix: str, config: Any) -> str:
@@ -120,11 +121,12 @@ def run_dir(config: TrainingConfig) -> str:
 
 
 def storage_split(storage_path: str):
-    """(pyarrow filesystem or None, path) as Ray Train takes a storage path: S3 as a filesystem
-    with our endpoint (pipeline.fs) and a bucket/prefix path, a local folder as it is."""
-    if is_s3(storage_path):
-        return filesystem_for(storage_path)
-    return None, storage_path
+    """(pyarrow filesystem or None, path) as Ray Train takes a storage path: a URL as the
+    filesystem pipeline.fs makes for it (S3 with our endpoint, Azure or GCS through fsspec)
+    and the path inside it, a local folder as it is."""
+    if is_local(storage_path):
+        return None, storage_path
+    return filesystem_for(storage_path)
 
 
 # ---------------------------------------------------------------- the driver's side

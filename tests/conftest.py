@@ -5,6 +5,9 @@
 
 - `s3_endpoint`: S3 served by moto's server mode on 127.0.0.1 (a real HTTP endpoint that
   pyarrow, s3fs and Ray workers reach, unlike moto's in-process mock), bucket `test-bucket`.
+- `azure_endpoint`: Azure Blob Storage served by Azurite (`make azurite`) on 127.0.0.1,
+  container `test-container`, reached as abfs://test-container/... through
+  `AZURE_STORAGE_CONNECTION_STRING`.
 - `ray_session`: one local Ray instance for the whole session (starting one costs ~6 s).
   It gets 4 logical CPUs on 2 cores so training workers cannot starve Ray Data
   (docs/stack-facts.md#ray-logical-cpus).
@@ -26,6 +29,11 @@ from chain_presets import add_chain_presets
 add_chain_presets()
 
 BUCKET = "test-bucket"
+CONTAINER = "test-container"
+AZURITE = Path(__file__).resolve().parent.parent / "infra" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+# Azurite's one account and its key, published in Azure's documentation for the emulator.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -79,8 +87,54 @@ def s3_endpoint(test_environment):
 
 
 @pytest.fixture(scope="session")
-def ray_session(s3_endpoint):
-    """One local Ray instance for the session; workers see the S3 endpoint and MLflow store."""
+def azure_endpoint(test_environment):
+    """Azure Blob Storage on 127.0.0.1 (Azurite, in memory) with container `test-container`.
+
+    Sets `AZURE_STORAGE_CONNECTION_STRING` for the session (adlfs reads it), before Ray
+    starts so that its workers have it too. The port is a free one picked here; should
+    another process take it before Azurite binds it, Azurite exits and another is tried.
+    """
+    import socket
+    import subprocess
+    import threading
+
+    from azure.storage.blob import BlobServiceClient
+
+    assert AZURITE.exists(), f"{AZURITE} is missing: run `make azurite`"
+    for _ in range(5):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen(
+            [str(AZURITE), "--silent", "--inMemoryPersistence", "--blobHost", "127.0.0.1", "--blobPort", str(port),
+             "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=test_environment)
+        # Azurite says when it listens; it exits when the port is taken.
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if "successfully listens" in line:
+                break
+        else:
+            server.wait()
+            continue
+        threading.Thread(target=server.stdout.read, daemon=True).start()  # keep its pipe from filling
+        break
+    else:
+        raise RuntimeError(f"Azurite did not start: {''.join(lines)}")
+    endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    os.environ["AZURE_STORAGE_CONNECTION_STRING"] = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={endpoint};")
+    BlobServiceClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"]).create_container(CONTAINER)
+    yield endpoint
+    os.environ.pop("AZURE_STORAGE_CONNECTION_STRING", None)
+    server.terminate()
+    server.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint, azure_endpoint):
+    """One local Ray instance for the session; workers see the S3 and Azure endpoints and MLflow store."""
     import ray
 
     from pipeline.console import prepare_worker_process

@@ -20,7 +20,7 @@ URIs accepted by `open_model`:
   models:/<name>@<alias>     the alias is resolved to a version once, and that version loaded
   models:/<name>/<version>   a fixed version
   runs:/<run_id>/<path>      a logged model, or a checkpoint file logged as an artifact
-  <path> or s3://...         a checkpoint file (S3 through pipeline.fs, so AWS_ENDPOINT_URL counts)
+  <path> or a storage URL    a checkpoint file (s3://, gs://, abfs://, ... through pipeline.fs)
   <name>                     a registered model name alone: models:/<name>@champion
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ from crn.checkpoint import generator_name, load_checkpoint, model_from_checkpoin
 from crn.generators import Generator, generator_named
 from pipeline.data.schema import LabelSchema
 from pipeline.errors import UserError, first_line
-from pipeline.fs import filesystem_for, is_local, read_bytes
+from pipeline.fs import display_uri, filesystem_for, is_local, is_storage, read_bytes
 from pipeline.registry.pyfunc import CHECKPOINT_KEY, CRNPythonModel
 from pipeline.registry.uris import ALIAS_URI, VERSION_URI, model_uri
 from pipeline.runtime import REPO_ROOT, use_tracking_store
@@ -185,8 +185,8 @@ def resolve_checkpoint(uri_or_path: str, artifact_key: str = CHECKPOINT_KEY) -> 
 
     `artifact_key` names the file among a logged model's artifacts (a segmenter's differs).
     """
-    if uri_or_path.startswith("s3://"):
-        return _download_s3_checkpoint(uri_or_path)
+    if is_storage(uri_or_path) and not is_local(uri_or_path):
+        return _download_storage_checkpoint(uri_or_path)
     if is_local(uri_or_path):
         path = Path(uri_or_path).expanduser()
         if not path.is_file():
@@ -213,8 +213,8 @@ def resolve_checkpoint(uri_or_path: str, artifact_key: str = CHECKPOINT_KEY) -> 
                               download_dir=download_dir, name=name)
 
 
-def _download_s3_checkpoint(uri: str) -> ResolvedCheckpoint:
-    """A checkpoint file on S3 (or an S3-compatible endpoint), through the project's pyarrow filesystem."""
+def _download_storage_checkpoint(uri: str) -> ResolvedCheckpoint:
+    """A checkpoint file in cloud storage (S3 or an S3-compatible endpoint, GCS, Azure), through pipeline.fs."""
     download_dir = Path(tempfile.mkdtemp(prefix="crn-model-"))
     path = download_dir / CHECKPOINT_ARTIFACT
     try:
@@ -222,7 +222,7 @@ def _download_s3_checkpoint(uri: str) -> ResolvedCheckpoint:
         path.write_bytes(read_bytes(fs, key))
     except (OSError, ValueError) as exc:
         shutil.rmtree(download_dir, ignore_errors=True)
-        raise UserError(f"model checkpoint {uri}: cannot read ({first_line(exc)})") from None
+        raise UserError(f"model checkpoint {display_uri(uri)}: cannot read ({first_line(exc)})") from None
     return ResolvedCheckpoint(path=path, uri=uri, version=None, download_dir=download_dir)
 
 
