@@ -7,7 +7,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser test test-fast demo bench bench-gpu clean
+.PHONY: install browser azurite s3rver postgres test test-fast demo bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -34,11 +34,36 @@ browser:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
 	else echo "make test needs a browser for tests/test_paint_page.py: install Debian's chromium and chromium-driver (sudo apt-get install -y chromium chromium-driver)" >&2; exit 1; fi
 
-test: $(STAMP) browser
+# Azurite, the Azure Storage emulator (npm, pinned in infra/azurite/package-lock.json): the tests
+# and the local stack serve abfs:// from it on 127.0.0.1.
+AZURITE := infra/azurite/node_modules/.bin/azurite
+azurite: $(AZURITE)
+$(AZURITE): infra/azurite/package-lock.json
+	@command -v npm >/dev/null || { echo "make needs npm (Node.js 18 or newer) to install Azurite: apt-get install -y npm" >&2; exit 1; }
+	npm ci --prefix infra/azurite --no-audit --no-fund --silent
+	touch $(AZURITE)
+
+# s3rver (npm, pinned in infra/s3rver/package-lock.json): the local stack's S3 endpoint, which
+# keeps its objects in a folder (docs/services.md#local-stack).
+S3RVER := infra/s3rver/node_modules/.bin/s3rver
+s3rver: $(S3RVER)
+$(S3RVER): infra/s3rver/package-lock.json
+	@command -v npm >/dev/null || { echo "make needs npm (Node.js 18 or newer) to install s3rver: apt-get install -y npm" >&2; exit 1; }
+	npm ci --prefix infra/s3rver --no-audit --no-fund --silent
+	touch $(S3RVER)
+
+# PostgreSQL, the local stack's MLflow database: Debian's postgresql (15 on Debian 12). As root
+# (CI) this installs it; anyone else is told what to install, and make stops.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	else echo "make test needs PostgreSQL for the local stack (tests/test_local_stack.py): install Debian's postgresql (sudo apt-get install -y postgresql)" >&2; exit 1; fi
+
+test: $(STAMP) browser azurite s3rver postgres
 	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # Everything but the tests marked slow (the local stack, a worker lost mid-run): for quick feedback.
-test-fast: $(STAMP) browser
+test-fast: $(STAMP) browser azurite
 	$(PY) -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -6,8 +6,16 @@
 #
 #   infra/submit.sh -- python jobs/train.py --store s3://crn/store ...
 #   infra/submit.sh --no-wait -- python jobs/synthesize.py ...     # any `ray job submit` option
+#
+# Without a job server to submit to (RAY_API_SERVER_ADDRESS or RAY_ADDRESS), it says to
+# source the local stack's env.sh, which sets both the address and the token: `ray job
+# submit` alone would try 127.0.0.1:8265 without the token and end in a long traceback.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -z "${RAY_API_SERVER_ADDRESS:-}${RAY_ADDRESS:-}" ]; then
+  echo "error: no Ray job server given: run 'source work/stack/env.sh' first (after infra/local/stack.sh start), or set RAY_API_SERVER_ADDRESS and RAY_AUTH_TOKEN for a cluster" >&2
+  exit 2
+fi
 RAY="${RAY:-$ROOT/.venv/bin/ray}"
 commit="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
 if [ "$commit" != unknown ] && [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no)" ]; then

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.errors import UserError
+from pipeline.fs import is_local
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,10 +146,49 @@ def _stop_own_ray() -> None:
 
 
 def work_dir() -> Path:
-    """Where local outputs go by default: `$CRN_WORK_DIR`, else `<repo>/work` (absolute)."""
-    path = Path(os.environ.get("CRN_WORK_DIR", REPO_ROOT / "work")).resolve()
+    """Where local outputs go by default: `$CRN_WORK_DIR`, else `<repo>/work` (absolute).
+
+    A job submitted with `ray job submit --working-dir` runs in Ray's uploaded copy of the
+    checkout, which Ray deletes with the job: there `<repo>/work` would vanish, so the default
+    becomes `~/crn-work` on the node that runs the driver (the local stack's head sets
+    `CRN_WORK_DIR` to the checkout's own work folder instead).
+    """
+    default = Path.home() / "crn-work" if uploaded_copy(REPO_ROOT) else REPO_ROOT / "work"
+    path = Path(os.environ.get("CRN_WORK_DIR", default)).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def uploaded_copy(path: Path | str) -> Path | None:
+    """The folder of Ray's uploaded copy of a job's working dir that `path` lies in, or None.
+
+    `ray job submit --working-dir .` unpacks the checkout into
+    `<ray temp>/.../runtime_resources/working_dir_files/_ray_pkg_<hash>/` and starts the job
+    there; the folder goes when the job's runtime environment does.
+    """
+    path = Path(path).expanduser().absolute()
+    for folder in (path, *path.parents):
+        if folder.name.startswith("_ray_pkg_") or folder.parent.name == "working_dir_files":
+            return folder
+    return None
+
+
+def lasting_output(location: str, flag: str) -> str:
+    """An output location as the job will write it: URIs unchanged, local paths absolute; a
+    local path inside the uploaded copy of a submitted job's working dir (a relative path, in
+    such a job) is refused, since what is written there is deleted with the job.
+
+    Every job's output flags, and the defaults derived from `work_dir()`, go through here.
+    """
+    if not location or not is_local(location):
+        return location
+    path = Path(location).expanduser().resolve()
+    copy = uploaded_copy(path)
+    if copy is not None:
+        raise UserError(f"{flag} {location}: this submitted job runs in Ray's temporary copy of the checkout "
+                        f"({copy}), deleted with the job; pass an absolute path or an s3:// URI "
+                        f"(e.g. {flag} s3://crn/{Path(location).name or 'output'})")
+    return str(path)
 
 
 def tracking_uri() -> str:

@@ -14,6 +14,7 @@ from pipeline.fs import absolute
 from pipeline.options import (AUTO, at_least, batch_size_option, dry_run_option, experiment_option, from_argv,
                               non_negative, option, run_name_option, store_option)
 from pipeline.registry.uris import model_uri
+from pipeline.runtime import lasting_output
 from pipeline.segmenter.drn import absolute_segmenter_uri
 
 
@@ -89,8 +90,9 @@ def resolve(config: EvaluateConfig) -> EvaluateConfig:
     """The model URI spelled out, local paths absolute (Ray workers run elsewhere), counts filled in."""
     config.check()
     resolved = dataclasses.replace(config, model=model_uri(config.model) if config.model else "")
-    for name in ("model", "store", "synthesized", "segmenter_classes"):
+    for name in ("model", "store", "segmenter_classes"):
         setattr(resolved, name, absolute(getattr(resolved, name)))
+    resolved.synthesized = lasting_output(resolved.synthesized, "--synthesized")
     resolved.segmenter = absolute_segmenter_uri(resolved.segmenter)
     if resolved.threads_per_actor == 0:
         resolved.threads_per_actor = max(1, (os.cpu_count() or 1) // resolved.num_actors)
