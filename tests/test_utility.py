@@ -24,6 +24,7 @@ from pipeline.runtime import setup_mlflow
 from pipeline.segmenter.config import SegmenterTrainConfig, resolve as resolve_segmenter
 from pipeline.segmenter.data import check_synthesized, training_data
 from pipeline.segmenter.file import Segmenter, open_segmenter
+from pipeline.segmenter.loop import rows_in_key_order
 from pipeline.synthesis.outputs import decode_png, image_path
 from pipeline.utility.config import parse_utility_config
 from pipeline.utility.job import run
@@ -107,8 +108,22 @@ def test_synthesized_rows_pair_every_variant_with_its_label_map(outcome, toy_sto
     expected = sorted((labels[i].tobytes(), decode_png((folder / "synthesized" / image_path(ids[i], k)).read_bytes()).tobytes())
                       for i in range(len(ids)) for k in range(TEST_NUM_OUTPUTS))
     assert sorted((np.asarray(r["label"]).tobytes(), np.asarray(r["photo"]).tobytes()) for r in rows) == expected
-    both = training_data("both", store, RESOLUTION, images).count()
-    assert both == 8 + 8 * TEST_NUM_OUTPUTS
+    assert sorted(r["key"] for r in rows) == sorted(f"{i}#{k}" for i in ids for k in range(TEST_NUM_OUTPUTS))
+    both = training_data("both", store, RESOLUTION, images)
+    assert sorted(r["key"] for r in both.take_all()) == sorted(ids + [r["key"] for r in rows])
+
+
+def test_the_segmenter_reads_its_rows_in_key_order_whatever_order_the_blocks_come_in():
+    rng = np.random.default_rng(0)
+    keys = np.asarray([f"s{i}#{k}" for i in range(6) for k in range(2)], dtype=object)
+    labels = rng.integers(0, 19, (12, 4, 8), dtype=np.uint8)
+    photos = rng.integers(0, 255, (12, 4, 8, 3), dtype=np.uint8)
+    blocks = [{"key": keys[i:i + 5], "label": labels[i:i + 5], "photo": photos[i:i + 5]} for i in (0, 5, 10)]
+    in_order = rows_in_key_order(blocks)
+    shuffled = rows_in_key_order([blocks[2], blocks[0], blocks[1]])
+    for name in ("key", "label", "photo"):
+        np.testing.assert_array_equal(in_order[name], shuffled[name])
+    assert list(in_order["key"]) == sorted(keys)
 
 
 def test_a_label_only_store_is_the_synthesized_side(outcome, model_uri, toy_source, toy_store, ray_session):

@@ -1,6 +1,6 @@
 """What a segmenter learns from: a store's real photos, synthesized images of label maps, or both.
 
-    data = training_data(config, store)   # a Ray Dataset of {"label", "photo"}, as the loop takes it
+    data = training_data(config, store)   # a Ray Dataset of {"key", "label", "photo"}, as the loop takes it
 
 `--train-on real` is the store's `train` photos. `--train-on synthesized` pairs every image
 of a synthesis output folder (pipeline.synthesis.outputs: `images/<sample>/<k>.png`) with the
@@ -62,10 +62,11 @@ def check_synthesized(uri: str, labels_uri: str, resolution: str, schema_fingerp
 
 
 def training_data(train_on: str, store: Store, resolution: str, synthesized: SynthesizedImages | None):
-    """The Ray Dataset of {"label", "photo"} the segmenter's loop reads."""
+    """The Ray Dataset of {"key", "label", "photo"} the segmenter's loop reads. `key` names the
+    row (the sample id; `<sample id>#<k>` for variant k), and the loop orders rows by it."""
     parts = []
     if train_on in ("real", "both"):
-        parts.append(store.dataset(TRAIN_SPLIT, resolution).select_columns(["label", "photo"]))
+        parts.append(store.dataset(TRAIN_SPLIT, resolution).rename_columns({"sample_id": "key"}))
     if train_on in ("synthesized", "both"):
         fs, root = filesystem_for(synthesized.uri)
         labels = open_store(synthesized.labels_uri).dataset(TRAIN_SPLIT, resolution).select_columns(["sample_id", "label"])
@@ -77,5 +78,7 @@ def training_data(train_on: str, store: Store, resolution: str, synthesized: Syn
 def with_each_variant(batch: dict[str, np.ndarray], filesystem, root: str, num_outputs: int) -> dict[str, np.ndarray]:
     """Ray Data task: B label maps -> B*K (label, synthesized photo) rows, variants of a map in order."""
     variants = read_variants(filesystem, root, batch["sample_id"], num_outputs)  # [B, K, H, W, 3]
-    return {"label": np.repeat(batch["label"], num_outputs, axis=0),
+    return {"key": np.asarray([f"{sample_id}#{k}" for sample_id in batch["sample_id"] for k in range(num_outputs)],
+                              dtype=object),
+            "label": np.repeat(batch["label"], num_outputs, axis=0),
             "photo": variants.reshape(-1, *variants.shape[2:])}

@@ -46,10 +46,12 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     # The shard is read into memory once: a segmentation set at evaluation resolution is small
     # (96 photos at 64x128 are 3 MB), and re-reading it through Ray Data every epoch would
     # start a pipeline per epoch. Each step's samples and flips follow from (seed, step, rank)
-    # alone, so a resumed run takes exactly the steps an uninterrupted one would.
-    parts = list(ray.train.get_dataset_shard(TRAIN_SPLIT).iter_torch_batches(batch_size=256))
-    photos = torch.cat([p["photo"] for p in parts]).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, H, W]
-    labels = torch.cat([p["label"] for p in parts]).long()  # [N, H, W]
+    # and the rows in key order alone, so a resumed run takes exactly the steps an
+    # uninterrupted one would, whatever order Ray Data's blocks arrived in.
+    rows = rows_in_key_order(ray.train.get_dataset_shard(TRAIN_SPLIT).iter_batches(batch_size=256,
+                                                                                     batch_format="numpy"))
+    photos = torch.from_numpy(rows["photo"]).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, H, W]
+    labels = torch.from_numpy(rows["label"]).long()  # [N, H, W]
     steps_per_epoch = len(labels) // config.batch_size
     reports = StepReports(rank, config.batch_size * world_size, start_step=step)
     while step < config.steps:
@@ -70,6 +72,15 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             write = _checkpoint_writer(model, optimizer, step) if with_checkpoint else None
             reports.send(step, step // steps_per_epoch, write)
     return {"step": step, "steps_per_s": reports.steady_steps_per_s()}
+
+
+def rows_in_key_order(batches) -> dict[str, np.ndarray]:
+    """The batches' rows concatenated and sorted by their `key` (pipeline.segmenter.data):
+    blocks that finish in another order (a loaded machine, another cluster) give the same rows."""
+    parts = list(batches)
+    keys = np.concatenate([p["key"] for p in parts])
+    order = np.argsort(keys, kind="stable")
+    return {name: np.concatenate([p[name] for p in parts])[order] for name in ("key", "label", "photo")}
 
 
 def _seed(*values: int) -> int:
