@@ -176,7 +176,7 @@ def test_jobs_submitted_together_lose_no_run_and_no_metric(stack, readme_sequenc
     for name in (f"together-{tag}-1", f"together-{tag}-2"):  # MLflow gets every step of a training
         run = runs[name]
         assert "loss" in run.data.metrics
-        for key in run.data.metrics:
+        for key in (key for key in run.data.metrics if not key.startswith("system/")):  # those tick with time
             history = client.get_metric_history(run.info.run_id, key)
             logged = sorted(m.step for m in history)
             assert logged == sorted(set(logged)) and set(logged) <= set(range(steps + 1)), (name, key, logged)
