@@ -24,7 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from pipeline.data.store import TRAIN_SPLIT, VAL_SPLIT, open_store
+from pipeline.data.store import TRAIN_SPLIT, VAL_SPLIT, Store, open_store
 from pipeline.errors import UserError
 from pipeline.records import log_model_input, start_job_run
 from pipeline.registry.models import ModelRef, open_model
@@ -44,12 +44,11 @@ class UtilityOutcome:
     synthesized: str = ""
 
 
-def protocol_of(config: UtilityConfig, resolution: str, val_ids: list[str]) -> tuple[str, dict]:
+def protocol_of(config: UtilityConfig, store: Store, labels: Store, resolution: str) -> tuple[str, dict]:
     """What makes two utilities comparable: the real photos' store and test samples, the
     labels synthesized, the segmenter's settings and size. The generator is what is measured,
     so it is not part of it."""
-    store = open_store(config.store)
-    labels = open_store(config.labels)
+    val_ids = store.sample_ids(VAL_SPLIT)
     protocol = {"format": "crn-utility/1", "store_schema": store.schema.fingerprint(),
                 "val_sample_ids_sha256": hashlib.sha256("\n".join(val_ids).encode()).hexdigest(),
                 "real_train_samples": store.count(TRAIN_SPLIT), "labels_train_samples": labels.count(TRAIN_SPLIT),
@@ -60,13 +59,12 @@ def protocol_of(config: UtilityConfig, resolution: str, val_ids: list[str]) -> t
     return f"utility-{digest}", protocol
 
 
-def synthesize_labels(config: UtilityConfig, model: ModelRef, output: str) -> None:
+def synthesize_labels(config: UtilityConfig, model: ModelRef, labels: Store, output: str) -> None:
     """Every variant of every `train` label map of `--labels`, unless the folder has them."""
     from pipeline.synthesis import job as synthesis_job
     from pipeline.synthesis.config import SynthesizeConfig
     from pipeline.synthesis.outputs import images_complete
 
-    labels = open_store(config.labels)
     ids = labels.sample_ids(TRAIN_SPLIT)
     if images_complete(output, model.sha256, str(model.config.top_resolution), ids, model.config.num_outputs):
         print(f"reusing the synthesized {TRAIN_SPLIT} images in {output} (job.json names the same weights)")
@@ -96,7 +94,8 @@ def run(config: UtilityConfig) -> UtilityOutcome:
 
     print(f"[utility 1/3] synthesizing the {TRAIN_SPLIT} label maps of {config.labels} with {model.pinned_uri} "
           f"-> {synthesized}")
-    synthesize_labels(config, model, synthesized)
+    labels = open_store(config.labels)
+    synthesize_labels(config, model, labels, synthesized)
     learns_from = ["real", "synthesized"] + ([] if config.skip_augmentation else ["both"])
     segmenters = {}
     for number, train_on in enumerate(learns_from, start=1):
@@ -107,8 +106,8 @@ def run(config: UtilityConfig) -> UtilityOutcome:
     miou = {train_on: outcome.val_miou for train_on, outcome in segmenters.items()}
     utility = miou["synthesized"] / miou["real"] if miou["real"] > 0 else float("nan")
     gain = miou["both"] - miou["real"] if "both" in miou else None
-    protocol_id, protocol = protocol_of(config, str(resolution), store.sample_ids(VAL_SPLIT))
-    synthesized_images = open_store(config.labels).count(TRAIN_SPLIT) * model.config.num_outputs
+    protocol_id, protocol = protocol_of(config, store, labels, str(resolution))
+    synthesized_images = labels.count(TRAIN_SPLIT) * model.config.num_outputs
 
     print("[utility 3/3] recording in MLflow")
     active = start_job_run(config.experiment, run_name=f"utility-{name}",
