@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv
 	$(PY) -m uv pip install --quiet --python $(PY) --compile-bytecode --upgrade-package pip pip -e '.[test]'
+	@# `ray job ...` typed without the stack's env.sh: one line saying so, not Ray's traceback.
+	echo 'import pipeline.ray_job_hint' > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/crn_ray_job_hint.pth"
 	touch $(STAMP)
 
 # Two pytest processes (pytest-xdist), each with its own session (Ray, S3, MLflow store, toy
