@@ -10,7 +10,7 @@ with the mean of the two bare passes beside it, and a figure is the median of th
 (`paired_ratios`): this 2-core machine shares its host, whose load it cannot see, and a
 turn's speed moves by 10-20% over minutes on both sides. Best against best read 0.80-0.93
 over runs with three jobs, and 0.835 in a run with five where the host was quiet for the
-first bare pass only (its pairs: 0.83-0.96) (issue #15).
+first bare pass only (its pairs: 0.83-0.96).
 - the job: the synthesis job end to end (pipeline.synthesis.job.run: Parquet reads and
   decoding, the forward passes, PNG encoding and atomic writes), one CPU actor with every
   core as its torch threads; Ray is started beforehand, as it is on a cluster. It times
@@ -153,8 +153,7 @@ def paired_ratios(job: list[float], bare: list[float]) -> list[float]:
     The host's load drifts over minutes (other machines' work on the same cores, which this
     machine cannot see), so each job is compared with the bare passes that ran beside it,
     not with the best bare pass of the whole run, which may have had a quiet minute that no
-    job got (issue #15: best of 5 against best of 5 read 0.835 in a run whose pairs read
-    0.83-0.96)."""
+    job got (best of 5 against best of 5 read 0.835 in a run whose pairs read 0.83-0.96)."""
     return [j / ((before + after) / 2) for j, before, after in zip(job, bare, bare[1:])]
 
 

@@ -26,8 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # smaller ones until its adaptive threshold has risen) with an mmap of their own, unmaps them
 # when they are freed, gives the top of its heap back once 128 KiB is free there, and gives
 # each thread an arena of its own. So every training step or forward pass mapped its
-# activations afresh and the kernel zero-filled them page by page. On the 2-core machine
-# (issue #15), in fresh processes: a crn-mid forward pass over 8 maps took about 760 thousand
+# activations afresh and the kernel zero-filled them page by page. On the 2-core machine,
+# in fresh processes: a crn-mid forward pass over 8 maps took about 760 thousand
 # page faults and 2.2-3.5 s, against none after the first and 1.4-1.6 s with these settings; a
 # crn-mid training step took about 190 thousand faults, 1.5-1.9 s against 1.4-1.6 s. Peak
 # memory stays the same; the price is that a process keeps the memory it once held, which a
