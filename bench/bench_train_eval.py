@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.training_jobs import training_scratch, window_rates
 from pipeline.training.config import TrainConfig, resolve
 
 FULL = {"preset": "crn-small", "resolution": "64x128", "samples": 80, "val": 8, "steps": 80, "every": 20,
@@ -57,59 +57,38 @@ def write_segmenter(store: Path, path: Path) -> Path:
     return save_torchscript(PaletteSegmenter(schema_palette(schema)[:classes]), schema.class_names[:classes], path)
 
 
-def window_rates(run_id: str) -> list[float]:
-    from mlflow.tracking import MlflowClient
-
-    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, "steps_per_s"), key=lambda m: m.step)]
-
-
 def run(quick: bool = False) -> list[dict]:
     import mlflow
 
     from pipeline.data.toy import make_toy_store
-    from pipeline.runtime import init_ray
     from pipeline.training import job as train
 
     sizes = QUICK if quick else FULL
     threads = max(1, (os.cpu_count() or 2) // 2)
-    saved = {k: os.environ.get(k) for k in ("CRN_WORK_DIR", "MLFLOW_TRACKING_URI")}
-    with tempfile.TemporaryDirectory(prefix="bench-train-eval-") as folder:
-        scratch = Path(folder)
-        os.environ["CRN_WORK_DIR"] = str(scratch / "work")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
-        try:
-            init_ray(dashboard=True)
-            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-            mlflow.create_experiment(EXPERIMENT, artifact_location=(scratch / "artifacts").as_uri())
-            height, width = map(int, sizes["resolution"].split("x"))
-            store = make_toy_store(scratch / "store", scratch / "toy", num_train=sizes["samples"],
-                                   num_val=sizes["val"], size=(2 * height, 2 * width),
-                                   resolutions=sizes["resolution"])
-            segmenter = write_segmenter(store, scratch / "palette.pt")
+    with training_scratch("bench-train-eval-", EXPERIMENT) as scratch:
+        height, width = map(int, sizes["resolution"].split("x"))
+        store = make_toy_store(scratch / "store", scratch / "toy", num_train=sizes["samples"],
+                               num_val=sizes["val"], size=(2 * height, 2 * width),
+                               resolutions=sizes["resolution"])
+        segmenter = write_segmenter(store, scratch / "palette.pt")
 
-            def job_config(scored: bool) -> TrainConfig:
-                scores = dict(eval_every=sizes["every"], eval_segmenter=str(segmenter), eval_samples=sizes["val"],
-                              eval_cpus=1.0) if scored else {}
-                return resolve(TrainConfig(
-                    store=str(store), preset=sizes["preset"], batch_size=1, steps=sizes["steps"],
-                    vgg_weights="random", threads_per_worker=threads, checkpoint_every=sizes["every"],
-                    log_every=WINDOW, image_every=0, experiment=EXPERIMENT,
-                    run_name=f"bench-{time.time_ns()}-{int(scored)}", **scores), "*", "torchvision")
+        def job_config(scored: bool) -> TrainConfig:
+            scores = dict(eval_every=sizes["every"], eval_segmenter=str(segmenter), eval_samples=sizes["val"],
+                          eval_cpus=1.0) if scored else {}
+            return resolve(TrainConfig(
+                store=str(store), preset=sizes["preset"], batch_size=1, steps=sizes["steps"],
+                vgg_weights="random", threads_per_worker=threads, checkpoint_every=sizes["every"],
+                log_every=WINDOW, image_every=0, experiment=EXPERIMENT,
+                run_name=f"bench-{time.time_ns()}-{int(scored)}", **scores), "*", "torchvision")
 
-            rates: dict[bool, list[float]] = {False: [], True: []}
-            scored_steps = 0
-            for _ in range(sizes["rounds"]):
-                for scored in (False, True):
-                    outcome = train.run(job_config(scored))
-                    rates[scored] += window_rates(outcome.run_id)[1:]
-                    if scored:
-                        scored_steps += len(mlflow.MlflowClient().get_metric_history(outcome.run_id, "eval.miou"))
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        scored_steps = 0
+        for _ in range(sizes["rounds"]):
+            for scored in (False, True):
+                outcome = train.run(job_config(scored))
+                rates[scored] += window_rates(outcome.run_id)[1:]
+                if scored:
+                    scored_steps += len(mlflow.MlflowClient().get_metric_history(outcome.run_id, "eval.miou"))
     off, on = float(np.mean(rates[False])), float(np.mean(rates[True]))
     setup = (f"{sizes['preset']} ({sizes['resolution']}), batch 1, {sizes['steps']} steps, 1 CPU worker of "
              f"{threads} torch thread(s), {os.cpu_count()} cores; scores every {sizes['every']} steps on "

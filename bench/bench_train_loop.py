@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from bench.child import lower_priority, ray_worker_niceness, run_child, serve_child
+from bench.training_jobs import training_scratch, window_rates
 from crn.labels import one_hot
 from crn.losses import LAYER_WEIGHTS, CRNLoss
 from crn.model import CRN
@@ -98,58 +98,32 @@ def plain_rates(config: dict, steps: int, niceness: int) -> list[float]:
     return plain_window_rates(from_dict(TrainConfig, config), steps)
 
 
-def ray_window_rates(run_id: str) -> list[float]:
-    """The Ray loop's steps/s per report window, as it logged them (first window first)."""
-    from mlflow.tracking import MlflowClient
-
-    history = sorted(MlflowClient().get_metric_history(run_id, "steps_per_s"), key=lambda m: m.step)
-    return [m.value for m in history]
-
-
 def run(quick: bool = False) -> list[dict]:
-    import mlflow
-
-    from pipeline.runtime import init_ray
     from pipeline.training import job as train
 
     sizes = QUICK if quick else FULL
     threads = max(1, (os.cpu_count() or 2) // 2)  # the other half runs Ray Data, the controller, MLflow logging
-    saved = {k: os.environ.get(k) for k in ("CRN_WORK_DIR", "MLFLOW_TRACKING_URI")}
-    with tempfile.TemporaryDirectory(prefix="bench-train-loop-") as folder:
-        scratch = Path(folder)
-        os.environ["CRN_WORK_DIR"] = str(scratch / "work")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
-        try:
-            init_ray(dashboard=True)  # as the training job starts it
-            # Artifacts beside the throw-away tracking store (MLflow's default is ./mlruns).
-            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-            mlflow.create_experiment(EXPERIMENT, artifact_location=(scratch / "artifacts").as_uri())
-            store = make_store(scratch, sizes["samples"], sizes["resolution"])
+    with training_scratch("bench-train-loop-", EXPERIMENT) as scratch:
+        store = make_store(scratch, sizes["samples"], sizes["resolution"])
 
-            def job_config(index: int) -> TrainConfig:
-                return resolve(TrainConfig(
-                    store=str(store), preset=sizes["preset"], batch_size=BATCH, steps=sizes["steps"],
-                    vgg_weights="random", threads_per_worker=threads, checkpoint_every=sizes["steps"],
-                    log_every=WINDOW, image_every=0, experiment=EXPERIMENT, run_name=f"bench-{time.time_ns()}-{index}",
-                ), "*", "torchvision")  # random VGG weights: torchvision's input convention
+        def job_config(index: int) -> TrainConfig:
+            return resolve(TrainConfig(
+                store=str(store), preset=sizes["preset"], batch_size=BATCH, steps=sizes["steps"],
+                vgg_weights="random", threads_per_worker=threads, checkpoint_every=sizes["steps"],
+                log_every=WINDOW, image_every=0, experiment=EXPERIMENT, run_name=f"bench-{time.time_ns()}-{index}",
+            ), "*", "torchvision")  # random VGG weights: torchvision's input convention
 
-            config = job_config(0)
-            ray_runs = sizes["ray_runs"]
-            measured = sizes["steps"] // WINDOW - 1  # per Ray run; the first window is warm-up
-            plain_steps = WINDOW * (ray_runs * measured // (ray_runs + 1) + 1)
-            plain, ray_rates = [], []
-            niceness = ray_worker_niceness()
-            for index in range(ray_runs + 1):
-                plain += run_child("bench.bench_train_loop", {"config": to_dict(config), "steps": plain_steps,
-                                                              "niceness": niceness})[1:]
-                if index < ray_runs:
-                    ray_rates += ray_window_rates(train.run(job_config(index)).run_id)[1:]
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        config = job_config(0)
+        ray_runs = sizes["ray_runs"]
+        measured = sizes["steps"] // WINDOW - 1  # per Ray run; the first window is warm-up
+        plain_steps = WINDOW * (ray_runs * measured // (ray_runs + 1) + 1)
+        plain, ray_rates = [], []
+        niceness = ray_worker_niceness()
+        for index in range(ray_runs + 1):
+            plain += run_child("bench.bench_train_loop", {"config": to_dict(config), "steps": plain_steps,
+                                                          "niceness": niceness})[1:]
+            if index < ray_runs:
+                ray_rates += window_rates(train.run(job_config(index)).run_id)[1:]
     setup = (f"{sizes['preset']} ({config.resolution}, K={config.num_outputs}), batch {BATCH}, {sizes['samples']} toy "
              f"samples, {threads} torch thread(s), best {WINDOW}-step window of steps {WINDOW + 1}..{sizes['steps']}")
     return [

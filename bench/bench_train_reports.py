@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
+from bench.training_jobs import training_scratch, window_rates
 from pipeline.trainer import POLL_INTERVAL_ENV, POLL_INTERVAL_S
 from pipeline.training.config import TrainConfig, resolve
 
@@ -37,48 +36,25 @@ WINDOW = 2  # steps per report: about 0.35 s apart here
 EXPERIMENT = "bench-train-reports"
 
 
-def window_rates(run_id: str) -> list[float]:
-    from mlflow.tracking import MlflowClient
-
-    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, "steps_per_s"), key=lambda m: m.step)]
-
-
 def run(quick: bool = False) -> list[dict]:
-    import mlflow
-
     from pipeline.data.toy import make_toy_store
-    from pipeline.runtime import init_ray
     from pipeline.training import job as train
 
     sizes = QUICK if quick else FULL
     threads = max(1, (os.cpu_count() or 2) // 2)
-    saved = {k: os.environ.get(k) for k in ("CRN_WORK_DIR", "MLFLOW_TRACKING_URI", POLL_INTERVAL_ENV)}
-    with tempfile.TemporaryDirectory(prefix="bench-train-reports-") as folder:
-        scratch = Path(folder)
-        os.environ["CRN_WORK_DIR"] = str(scratch / "work")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
-        try:
-            init_ray(dashboard=True)
-            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-            mlflow.create_experiment(EXPERIMENT, artifact_location=(scratch / "artifacts").as_uri())
-            store = make_toy_store(scratch / "store", scratch / "toy", num_train=sizes["steps"] + 8, num_val=2,
-                                   size=(64, 128), resolutions="32x64")
-            rates: dict[str, list[float]] = {RAY_DEFAULT_S: [], POLL_INTERVAL_S: []}
-            for _ in range(sizes["rounds"]):
-                for interval in (RAY_DEFAULT_S, POLL_INTERVAL_S):
-                    os.environ[POLL_INTERVAL_ENV] = interval  # a value already set is what fit() keeps
-                    outcome = train.run(resolve(TrainConfig(
-                        store=str(store), preset="crn-tiny", batch_size=1, steps=sizes["steps"],
-                        vgg_weights="random", threads_per_worker=threads, checkpoint_every=sizes["steps"],
-                        log_every=WINDOW, image_every=0, experiment=EXPERIMENT,
-                        run_name=f"bench-{time.time_ns()}-{interval}"), "*", "torchvision"))
-                    rates[interval] += window_rates(outcome.run_id)[1:]
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    rates: dict[str, list[float]] = {RAY_DEFAULT_S: [], POLL_INTERVAL_S: []}
+    with training_scratch("bench-train-reports-", EXPERIMENT, (POLL_INTERVAL_ENV,)) as scratch:
+        store = make_toy_store(scratch / "store", scratch / "toy", num_train=sizes["steps"] + 8, num_val=2,
+                               size=(64, 128), resolutions="32x64")
+        for _ in range(sizes["rounds"]):
+            for interval in (RAY_DEFAULT_S, POLL_INTERVAL_S):
+                os.environ[POLL_INTERVAL_ENV] = interval  # a value already set is what fit() keeps
+                outcome = train.run(resolve(TrainConfig(
+                    store=str(store), preset="crn-tiny", batch_size=1, steps=sizes["steps"],
+                    vgg_weights="random", threads_per_worker=threads, checkpoint_every=sizes["steps"],
+                    log_every=WINDOW, image_every=0, experiment=EXPERIMENT,
+                    run_name=f"bench-{time.time_ns()}-{interval}"), "*", "torchvision"))
+                rates[interval] += window_rates(outcome.run_id)[1:]
     ray_default, ours = float(np.mean(rates[RAY_DEFAULT_S])), float(np.mean(rates[POLL_INTERVAL_S]))
     setup = (f"crn-tiny (32x64), batch 1, {sizes['steps']} steps, a report every {WINDOW}, 1 CPU worker of "
              f"{threads} torch thread(s), {os.cpu_count()} cores; mean of the windows after the first, "
