@@ -132,6 +132,19 @@ def azure_endpoint(test_environment):
     server.wait()
 
 
+@pytest.fixture(scope="module")
+def module_experiment(request, test_environment) -> str:
+    """The test module's MLflow experiment (its `EXPERIMENT`), created with its artifacts in the
+    session's folder: MLflow would put a new SQLite experiment's in ./mlruns, the repository."""
+    from mlflow.tracking import MlflowClient
+
+    name = request.module.EXPERIMENT
+    client = MlflowClient()
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=(test_environment / "mlartifacts").as_uri())
+    return name
+
+
 @pytest.fixture(scope="session")
 def ray_session(s3_endpoint, azure_endpoint):
     """One local Ray instance for the session; workers see the S3 and Azure endpoints and MLflow store."""

@@ -41,7 +41,7 @@ from pipeline.training import job as train
 from pipeline.training.config import parse_train_config
 from pipeline.training.loop import CHECKPOINT_FILE
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "module_experiment")]
 
 SCENARIOS = Path(__file__).resolve().parent / "cluster_scenarios.py"
 REPO = SCENARIOS.parent.parent
@@ -114,14 +114,6 @@ def scenarios(s3_endpoint, tmp_path_factory):
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def experiment_with_artifacts_in_tmp(test_environment):
-    # MLflow would put artifacts in ./mlruns (the repository) for a new SQLite experiment.
-    client = MlflowClient()
-    if client.get_experiment_by_name(EXPERIMENT) is None:
-        client.create_experiment(EXPERIMENT, artifact_location=(test_environment / "mlartifacts").as_uri())
 
 
 @pytest.fixture(scope="module")

@@ -35,15 +35,7 @@ from pipeline.training.loop import CHECKPOINT_FILE
 
 EXPERIMENT = "test-store-azure"
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def experiment_with_artifacts_in_tmp(test_environment):
-    # MLflow would put artifacts in ./mlruns (the repository) for a new SQLite experiment.
-    client = MlflowClient()
-    if client.get_experiment_by_name(EXPERIMENT) is None:
-        client.create_experiment(EXPERIMENT, artifact_location=(test_environment / "mlartifacts").as_uri())
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "module_experiment")
 
 
 def files_under(uri: str) -> dict[str, bytes]:

@@ -53,15 +53,7 @@ NUM_CLASSES, K = 20, 2
 SEED = 0
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def experiment_with_artifacts_in_tmp(test_environment):
-    # MLflow would put artifacts in ./mlruns (the repository) for a new SQLite experiment.
-    client = MlflowClient()
-    if client.get_experiment_by_name(EXPERIMENT) is None:
-        client.create_experiment(EXPERIMENT, artifact_location=(test_environment / "mlartifacts").as_uri())
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "module_experiment")
 
 
 def unique(name: str) -> str:

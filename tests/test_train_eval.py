@@ -39,14 +39,7 @@ from pipeline.training.loop import CHECKPOINT_FILE
 EXPERIMENT = "test-train-eval"
 SAMPLES = 2
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def experiment_with_artifacts_in_tmp(test_environment):
-    client = MlflowClient()
-    if client.get_experiment_by_name(EXPERIMENT) is None:
-        client.create_experiment(EXPERIMENT, artifact_location=(test_environment / "mlartifacts").as_uri())
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "module_experiment")
 
 
 class BrokenSegmenter(torch.nn.Module):
